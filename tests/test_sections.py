@@ -1,0 +1,138 @@
+"""Sections 2-4: weekly panel, split without leakage, scaler on train only, windows, trainable layers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import HORIZON, make_panel
+from tsfm_public import ForecastDFDataset
+
+from ttm_model import (InputError, WindowDataset, build_model, fit_group_scaler, gather_windows, resample_weekly,
+                       scaler_arrays, split_by_time, steps_per_epoch, unfreeze_only)
+
+IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
+
+
+def _panel(df):
+    return resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
+
+
+def test_resample_daily_sums_into_weeks_and_fills_gaps():
+    days = pd.date_range("2024-01-01", periods=28, freq="D")  # Monday..Sunday x 4
+    df = pd.DataFrame({"date": days, "produto_cat": "A", "uf_cat": "SP", "vendas": 1.0, "faturamento": 2.0})
+    df = df[(df["date"] < "2024-01-08") | (df["date"] >= "2024-01-15")]  # week 2 missing entirely
+    panel, anchor = _panel(df)
+    assert anchor == "W-SUN"
+    assert list(panel.dates.strftime("%Y-%m-%d")) == ["2024-01-07", "2024-01-14", "2024-01-21", "2024-01-28"]
+    np.testing.assert_array_equal(panel.values[0, :, 0], [7, 0, 7, 7])
+
+
+def test_weekly_input_keeps_its_weekday():
+    df = make_panel(n_weeks=10)
+    df["date"] = df["date"] + pd.Timedelta(days=3)  # Wednesdays
+    panel, anchor = _panel(df)
+    assert anchor == "W-WED" and (panel.dates.dayofweek == 2).all()
+    np.testing.assert_allclose(panel.values.sum(), df[list(TARGETS)].to_numpy().sum())
+
+
+def test_split_no_leakage_and_every_combination(panel_df):
+    panel, _ = _panel(panel_df)
+    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    n = len(panel.keys)
+    assert split.test_start == len(panel.dates) - HORIZON and split.valid_start == split.test_start - HORIZON
+    assert (split.train[1] + HORIZON <= split.valid_start).all()  # training targets end before validation
+    assert (split.valid[1] + HORIZON <= split.test_start).all()
+    for part in (split.train, split.valid, split.test):
+        assert set(part[0]) == set(range(n))  # every product-UF in every split
+    assert (split.fit_end == split.valid_start).all()
+
+
+def test_split_lists_new_series_and_rejects_short_calendar(panel_df, caplog):
+    new = panel_df[panel_df["produto_cat"] == "001"].tail(20).assign(produto_cat="NEW")
+    panel, _ = _panel(pd.concat([panel_df, new]))
+    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    new_idx = int(np.flatnonzero(panel.keys["produto_cat"] == "NEW")[0])
+    assert new_idx in split.test[0] and new_idx not in split.train[0]
+    assert "too new" in caplog.text and "NEW" in caplog.text
+    with pytest.raises(InputError, match=r"data cover 80 weeks; training needs at least 96"):
+        split_by_time(panel, horizon=30, min_context=6, stride=1)
+
+
+def test_stride_keeps_latest_window(panel_df):
+    panel, _ = _panel(panel_df)
+    full = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    sparse = split_by_time(panel, horizon=HORIZON, min_context=8, stride=4)
+    assert len(sparse.train[0]) == pytest.approx(len(full.train[0]) / 4, abs=len(panel.keys))
+    assert sparse.train[1].max() == full.train[1].max() == full.valid_start - HORIZON
+
+
+def test_scaler_fitted_on_train_only(panel_df):
+    panel, _ = _panel(panel_df)
+    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    before = scaler_arrays(fit_group_scaler(panel, fit_end=split.fit_end, id_columns=IDS), panel.keys)
+    changed = panel.values.copy()
+    changed[:, split.valid_start :] *= 100  # validation and test weeks must not move the scaler
+    panel2 = type(panel)(panel.keys, panel.dates, changed, panel.start, panel.targets)
+    after = scaler_arrays(fit_group_scaler(panel2, fit_end=split.fit_end, id_columns=IDS), panel.keys)
+    np.testing.assert_allclose(before[0], after[0]) and np.testing.assert_allclose(before[1], after[1])
+    train_part = panel.values[:, : split.valid_start]
+    np.testing.assert_allclose(before[0], train_part.mean(1))
+    np.testing.assert_allclose(before[1], train_part.std(1))
+
+
+def test_vectorised_scaling_equals_tsp_and_round_trips(panel_df):
+    panel, _ = _panel(panel_df)
+    tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), 60), id_columns=IDS)
+    mean, scale, known = scaler_arrays(tsp, panel.keys)
+    assert known.all()
+    ours = (panel.values - mean[:, None]) / scale[:, None]
+    long = panel_df.sort_values([*IDS, "date"]).reset_index(drop=True)
+    theirs = tsp.preprocess(long).sort_values([*IDS, "date"])
+    np.testing.assert_allclose(ours.reshape(-1, 2), theirs[list(TARGETS)].to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(ours * scale[:, None] + mean[:, None], panel.values, atol=1e-9)
+
+
+def test_windows_equal_forecastdfdataset(panel_df):
+    panel, _ = _panel(panel_df)
+    context = 20
+    series = np.zeros(80 - context - HORIZON + 1, dtype=int)
+    ours = WindowDataset(panel.values, panel.start, (series, np.arange(context, 80 - HORIZON + 1)), context=context,
+                         horizon=HORIZON, freq_token=9)
+    one = panel_df[(panel_df["produto_cat"] == "001") & (panel_df["uf_cat"] == "RJ")]
+    theirs = ForecastDFDataset(one, timestamp_column="date", id_columns=list(IDS), target_columns=list(TARGETS),
+                               context_length=context, prediction_length=HORIZON, frequency_token=9)
+    assert len(ours) == len(theirs)
+    for i in (0, 17, len(ours) - 1):
+        for key in ("past_values", "future_values", "past_observed_mask", "freq_token"):
+            torch.testing.assert_close(ours[i][key].float(), theirs[i][key].float())
+
+
+def test_padding_is_masked():
+    values = np.arange(1, 11, dtype=float).reshape(1, 10, 1)
+    batch = gather_windows(values, np.array([4]), np.array([0]), np.array([7]), context=6, horizon=3)
+    np.testing.assert_array_equal(batch["past_values"][0, :, 0], [0, 0, 0, 5, 6, 7])
+    np.testing.assert_array_equal(batch["past_observed_mask"][0, :, 0], [False] * 3 + [True] * 3)
+    np.testing.assert_array_equal(batch["future_values"][0, :, 0], [8, 9, 10])
+
+
+def test_only_named_layers_trainable(model_dir):
+    model = build_model(model_dir, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
+    fraction = unfreeze_only(model, ("fc1", "fc2"))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("fc1" in n or "fc2" in n for n in names)
+    assert 0 < fraction < 1
+    with pytest.raises(InputError, match=r"TRAINABLE_LAYERS=\['nope'\] matched no parameter"):
+        unfreeze_only(model, ("nope",))
+
+
+def test_model_errors_name_the_setting(model_dir):
+    with pytest.raises(InputError, match=r"PRETRAINED_MODEL=./no/such/folder: folder not found"):
+        build_model("./no/such/folder", context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
+    with pytest.raises(InputError, match=r"reads 90 weeks, more than CONTEXT_LENGTH=52"):
+        build_model(model_dir, context_length=52, prediction_length=26, prefer_l1=True, num_channels=2)
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(1000, 64) == 16
+    assert steps_per_epoch(1024, 64) == 16
+    assert steps_per_epoch(1025, 32, grad_accum=2) == 17
