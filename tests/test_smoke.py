@@ -1,0 +1,185 @@
+"""End to end: train for one epoch, reload final_ttm_model/ to predict, keep artifacts safe, resume after a kill."""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import HORIZON, ROOT, make_panel, run_args
+
+import ttm_model
+
+
+def _digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    data = tmp / "vendas.csv"
+    make_panel().to_csv(data, index=False)
+    metrics = ttm_model.main(run_args(tmp, model_dir, data))
+    return tmp, data, metrics
+
+
+def test_training_run_writes_everything(trained):
+    tmp, data, metrics = trained
+    final, results = tmp / "final", tmp / "results"
+    assert {"config.json", "model.safetensors", "preprocessor.pkl", "settings.json", "manifest.json",
+            "conformal_config.json"} <= set(os.listdir(final))
+    assert metrics["test_loss"] > 0 and metrics["epochs"] == 1
+    assert set(metrics["metrics"]) == {"vendas", "faturamento"}
+    assert set(metrics["metrics"]["vendas"]) == {"fine_tuned", "zero_shot", "seasonal_naive", "naive"}
+    assert list((results / "logs").rglob("events.out.tfevents*"))
+    per_series = pd.read_csv(results / "metricas_por_serie.csv")
+    assert len(per_series) == 6 * 2 * 4 and per_series["wape"].notna().all()
+    assert list((results / "plots").glob("*.png"))
+
+
+def test_forecast_file(trained):
+    tmp, data, metrics = trained
+    future = pd.read_csv(tmp / "results" / "previsoes.csv", dtype={"produto_cat": str}, parse_dates=["date"])
+    assert len(future) == 6 * HORIZON
+    last = make_panel()["date"].max()
+    for _, rows in future.groupby(["produto_cat", "uf_cat"]):
+        assert list(rows["date"]) == list(pd.date_range(last, periods=HORIZON + 1, freq="W-SUN")[1:])
+    assert set(future["produto_cat"]) == {"001", "002", "003"}  # text ids kept as given
+    for target in ("vendas", "faturamento"):
+        assert (future[f"{target}_lower"] <= future[target]).all() and (future[target] <= future[f"{target}_upper"]).all()
+        assert (future[f"{target}_lower"] >= 0).all()
+    assert 0 <= metrics["interval_coverage"]["vendas"] <= 1
+
+
+def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
+    tmp, data, _ = trained
+    out = tmp_path / "pred"
+    ttm_model.main(["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                    f"--RESULTS_DIR={out}"])
+    ours = pd.read_csv(out / "previsoes.csv")
+    theirs = pd.read_csv(tmp / "results" / "previsoes.csv")
+    pd.testing.assert_frame_equal(ours, theirs, rtol=1e-5)
+
+
+def test_predict_flags_unseen_series(trained, tmp_path):
+    tmp, data, _ = trained
+    df = make_panel()
+    new = df[(df["produto_cat"] == "001") & (df["uf_cat"] == "SP")].assign(uf_cat="AM", vendas=lambda d: d["vendas"] * 3)
+    path = tmp_path / "novos.csv"
+    pd.concat([df, new]).to_csv(path, index=False)
+    ttm_model.main(["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                    f"--RESULTS_DIR={tmp_path / 'out'}"])
+    future = pd.read_csv(tmp_path / "out" / "previsoes.csv")
+    assert len(future) == 7 * HORIZON
+    assert future.groupby("uf_cat")["new_series"].all().to_dict() == {"AM": True, "RJ": False, "SP": False}
+    am = future[future["uf_cat"] == "AM"]["vendas"].mean()
+    sp = future[(future["uf_cat"] == "SP") & (future["produto_cat"] == 1)]["vendas"].mean()
+    assert am == pytest.approx(3 * sp, rel=0.05)  # scaled on its own history, not on another series'
+
+
+def test_predict_mode_errors(trained, tmp_path):
+    tmp, data, _ = trained
+    monthly = tmp_path / "monthly.csv"
+    months = pd.date_range("2020-01-31", periods=30, freq="ME")
+    pd.DataFrame({"date": months, "produto_cat": "001", "uf_cat": "SP", "vendas": 1.0, "faturamento": 2.0}).to_csv(
+        monthly, index=False)
+    with pytest.raises(ttm_model.InputError, match="looks monthly"):
+        ttm_model.run_predict(ttm_model.config.resolve(["--MODE=predict", f"--DATA_PATH={monthly}",
+                                                        f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                                                        f"--RESULTS_DIR={tmp_path}"], {}))
+    no_revenue = tmp_path / "no_rev.csv"
+    make_panel().drop(columns="faturamento").to_csv(no_revenue, index=False)
+    with pytest.raises(ttm_model.InputError, match="missing column\\(s\\) 'faturamento'"):
+        ttm_model.run_predict(ttm_model.config.resolve(["--MODE=predict", f"--DATA_PATH={no_revenue}",
+                                                        f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                                                        f"--RESULTS_DIR={tmp_path}"], {}))
+
+
+def test_forecasts_equal_granite_pipeline(trained, tmp_path):
+    from tsfm_public import TimeSeriesForecastingPipeline
+
+    tmp, _, _ = trained
+    df = make_panel(n_weeks=120)  # longer than the model's 90-week context: no padding on either side
+    path = tmp_path / "long.csv"
+    df.to_csv(path, index=False)
+    ttm_model.main(["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                    f"--RESULTS_DIR={tmp_path}"])
+    ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
+    model, tsp, _, _ = ttm_model.load_artifacts(tmp / "final")
+    pipe = TimeSeriesForecastingPipeline(model, feature_extractor=tsp, context_length=model.config.context_length,
+                                         prediction_length=HORIZON, add_known_ground_truth=False, device="cpu")
+    theirs = pipe(df).groupby(["produto_cat", "uf_cat"]).tail(1).sort_values(["produto_cat", "uf_cat"])
+    for target in ("vendas", "faturamento"):
+        expected = np.clip(np.stack(theirs[target].to_numpy()), 0, None)
+        np.testing.assert_allclose(ours[target].to_numpy().reshape(-1, HORIZON), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_failed_run_keeps_previous_model(trained, model_dir, monkeypatch):
+    tmp, data, _ = trained
+    before = _digest(tmp / "final")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected failure after training")
+
+    monkeypatch.setattr(ttm_model, "plot_results", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        ttm_model.main(run_args(tmp, model_dir, data, "--FRESH_START=True"))
+    assert _digest(tmp / "final") == before
+    bad = tmp / "bad.csv"
+    bad.write_text("date,produto_cat\n2024-01-01,1\n")
+    with pytest.raises(SystemExit):
+        ttm_model.main(run_args(tmp, str(tmp / "final"), bad))
+    assert _digest(tmp / "final") == before
+
+
+def test_tampered_or_foreign_preprocessor_refused(trained, tmp_path):
+    tmp, _, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp / "final", copy)
+    with open(copy / "preprocessor.pkl", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ttm_model.InputError, match=r"preprocessor.pkl: missing or changed .*sha256 mismatch"):
+        ttm_model.load_artifacts(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ttm_model.InputError, match="no manifest.json, so not a folder written by ttm_model.py"):
+        ttm_model.load_artifacts(copy)
+
+
+def test_unwritable_output_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ttm_model.InputError, match="cannot write there"):
+        ttm_model.check_output_dirs([blocker / "results"], 1)
+    with pytest.raises(ttm_model.InputError, match="MB free, MIN_FREE_DISK_MB="):
+        ttm_model.check_output_dirs([tmp_path], 10**12)
+
+
+def test_same_seed_same_test_loss(trained, model_dir, tmp_path):
+    tmp, data, metrics = trained
+    again = ttm_model.main(run_args(tmp_path, model_dir, data))
+    assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+
+
+def test_resume_after_kill(tmp_path, model_dir):
+    data = tmp_path / "vendas.csv"
+    make_panel(n_products=10, ufs=("SP", "RJ", "MG"), n_weeks=120).to_csv(data, index=False)
+    cmd = [sys.executable, str(ROOT / "ttm_model.py"), *run_args(tmp_path, model_dir, data, "--NUM_TRAIN_EPOCHS=3")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((tmp_path / "results").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "final").exists()
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Resuming the interrupted run from" in rerun.stderr
+    assert "checkpoint-" in rerun.stderr.split("Resuming the interrupted run from")[1].splitlines()[0]
+    assert (tmp_path / "final" / "model.safetensors").exists()
