@@ -112,8 +112,10 @@ def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], ta
     if not text.strip():
         raise InputError(f"{path}: file is empty; expected a header line and one row per week, product and UF")
     thousands = "." if decimal == "," else ("," if sep != "," else None)
+    header = next(csv.reader([text.splitlines()[0]], delimiter=sep))
+    text_columns = {raw.lstrip(): str for raw in header if raw.strip().lower() not in target_columns}  # ids, dates
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, thousands=thousands, dtype=str,
+        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, thousands=thousands, dtype=text_columns,
                          keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, csv.Error) as err:
         raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV "
@@ -137,17 +139,19 @@ def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], ta
         if (out[col] == "").any():
             raise InputError(f"{path}: column {col!r} is empty at {_rows(out[col] == '')}; fill in the id")
     for col in target_columns:
-        raw = df[col].str.strip()
-        if thousands:
-            raw = raw.str.replace(thousands, "", regex=False)
-        if decimal == ",":
-            raw = raw.str.replace(",", ".", regex=False)
-        values = pd.to_numeric(raw, errors="coerce")
-        empty = raw.str.lower().isin(["", "nan", "na", "null", "none"])
-        if (values.isna() & ~empty).any():
+        values, empty = df[col], df[col].isna()
+        if not pd.api.types.is_numeric_dtype(values):  # read_csv left text: repair separators, find the bad cells
+            raw = values.astype(str).str.strip()
+            if thousands:
+                raw = raw.str.replace(thousands, "", regex=False)
+            if decimal == ",":
+                raw = raw.str.replace(",", ".", regex=False)
+            values = pd.to_numeric(raw, errors="coerce")
+            empty = raw.str.lower().isin(["", "nan", "na", "null", "none"])
             bad = values.isna() & ~empty
-            raise InputError(f"{path}: column {col!r} has non-numeric values at {_rows(bad)} "
-                             f"(e.g. {df[col][bad].iloc[0]!r}); use plain numbers such as 1234.5 or 1.234,5")
+            if bad.any():
+                raise InputError(f"{path}: column {col!r} has non-numeric values at {_rows(bad)} "
+                                 f"(e.g. {df[col][bad].iloc[0]!r}); use plain numbers such as 1234.5 or 1.234,5")
         if empty.any():
             raise InputError(f"{path}: column {col!r} has missing values (NaN/empty) at {_rows(empty)}; "
                              "fill them (0 for weeks without sales) or delete those rows")

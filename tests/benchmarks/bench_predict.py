@@ -1,0 +1,85 @@
+"""Predict-mode throughput: read CSV -> previsoes.csv, against the bare model forward on ready tensors.
+
+    python tests/benchmarks/bench_predict.py --model ../shared/ttm-weights/ttm-90-30-ft-l1 --series 2000
+
+Trains nothing: it saves the pretrained model as a final_ttm_model/ (with a fitted preprocessor) in a temporary
+folder, writes a synthetic panel, then times `python ttm_model.py --MODE=predict` in-process and the bare forward.
+Not collected by pytest (file name does not start with test_).
+"""
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import ttm_model  # noqa: E402
+
+
+def synthetic_panel(n_series: int, n_weeks: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN")
+    level = rng.lognormal(3, 1, n_series)[:, None]
+    season = 1 + 0.3 * np.sin(2 * np.pi * (np.arange(n_weeks)[None] + rng.integers(52, size=(n_series, 1))) / 52)
+    units = rng.poisson(level * season).astype(float)
+    return pd.DataFrame({"date": np.tile(dates, n_series), "produto_cat": np.repeat([f"P{i // 27}" for i in
+                         range(n_series)], n_weeks), "uf_cat": np.repeat([f"U{i % 27}" for i in range(n_series)], n_weeks),
+                         "vendas": units.ravel(), "faturamento": (units * 9.9).ravel()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="../shared/ttm-weights/ttm-90-30-ft-l1")
+    parser.add_argument("--series", type=int, default=2000)
+    parser.add_argument("--weeks", type=int, default=260)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "novos.csv"
+        synthetic_panel(args.series, args.weeks).to_csv(data, index=False)
+        cfg = ttm_model.config.resolve([f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={tmp / 'final'}"], {})
+        sales = ttm_model.read_sales_csv(str(data), date_column="date", id_columns=cfg.ID_COLUMNS,
+                                         target_columns=cfg.TARGET_COLUMNS)
+        panel, anchor = ttm_model.resample_weekly(sales, date_column="date", id_columns=cfg.ID_COLUMNS,
+                                                  target_columns=cfg.TARGET_COLUMNS)
+        tsp = ttm_model.fit_group_scaler(panel, fit_end=np.full(len(panel.keys), len(panel.dates) - 52),
+                                         id_columns=cfg.ID_COLUMNS)
+        model = ttm_model.build_model(args.model, context_length=104, prediction_length=26, prefer_l1=True,
+                                      num_channels=2)
+        ttm_model.save_artifacts(model, tsp, None, {**vars(cfg), "WEEK_ANCHOR": anchor}, tmp / "final")
+
+        argv = ["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                f"--RESULTS_DIR={tmp / 'out'}", "--LOG_LEVEL=WARNING"]
+        ttm_model.main(argv)  # warm-up (imports, first-call allocations)
+        t0 = time.perf_counter()
+        ttm_model.main(argv)
+        end_to_end = time.perf_counter() - t0
+
+        model.eval()
+        past = torch.randn(args.series, model.config.context_length, 2)
+        mask = torch.ones_like(past, dtype=torch.bool)
+        token = torch.full((args.series,), 9)
+        with torch.no_grad():
+            model(past_values=past[:1024], past_observed_mask=mask[:1024], freq_token=token[:1024], return_loss=False)
+            t0 = time.perf_counter()
+            for i in range(0, args.series, 1024):
+                model(past_values=past[i : i + 1024], past_observed_mask=mask[i : i + 1024],
+                      freq_token=token[i : i + 1024], return_loss=False)
+            bare = time.perf_counter() - t0
+    e2e_rate, bare_rate = args.series / end_to_end, args.series / bare
+    print(f"series={args.series} weeks={args.weeks} torch_threads={torch.get_num_threads()}")
+    print(f"predict mode end to end (CSV -> previsoes.csv): {end_to_end:.2f} s = {e2e_rate:.0f} series/s")
+    print(f"bare model forward on ready tensors:            {bare:.2f} s = {bare_rate:.0f} series/s")
+    print(f"ratio end-to-end / bare forward: {e2e_rate / bare_rate:.2f} (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
