@@ -217,11 +217,6 @@ def resample_weekly(df: pd.DataFrame, *, date_column: str, id_columns: Sequence[
                     target_columns: Sequence[str], anchor: str = "auto", source: str = "data") -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used."""
     ids = list(id_columns)
-    gaps = df[[*ids, date_column]].drop_duplicates().sort_values([*ids, date_column]).groupby(ids)[date_column].diff()
-    median_gap = gaps.dt.days.median() if gaps.notna().any() else 7
-    if median_gap >= 14:
-        raise InputError(f"{source}: column {date_column!r}: rows are {median_gap:.0f} days apart (median), which "
-                         "looks monthly; this tool needs weekly or daily rows")
     out_of_order = int((df.groupby(ids)[date_column].diff().dt.days < 0).sum())
     if out_of_order:
         logger.warning("%s: %d rows were out of date order within their series; sorted", source, out_of_order)
@@ -238,6 +233,10 @@ def resample_weekly(df: pd.DataFrame, *, date_column: str, id_columns: Sequence[
     col = ((weekly[date_column] - dates[0]).dt.days // 7).to_numpy()
     values = np.zeros((len(keys), len(dates), len(target_columns)))
     values[codes, col] = weekly[list(target_columns)].to_numpy()
+    gaps = np.diff(col)[np.diff(codes) == 0]  # weeks between consecutive weeks with rows, inside each series
+    if len(gaps) and np.median(gaps) >= 2:
+        raise InputError(f"{source}: column {date_column!r}: rows are {7 * np.median(gaps):.0f} days apart (median), "
+                         "which looks monthly; this tool needs weekly or daily rows")
     start = np.full(len(keys), len(dates))
     np.minimum.at(start, codes, col)
     filled = int((len(dates) - start).sum() - len(weekly))
