@@ -17,45 +17,47 @@ from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 # --- 0. run ----------------------------------------------------------------
-MODE: str = "train"                             # "train" (fit, evaluate, forecast) or "predict" (reuse FINAL_MODEL_DIR)
-SEED: int = 42                                  # seeds data synthesis, weights init, batch order
-LOG_LEVEL: str = "INFO"                         # DEBUG, INFO, WARNING
-DEBUG: bool = False                             # True shows the Python traceback of input errors
-FRESH_START: bool = False                       # True ignores checkpoints of an interrupted run instead of resuming
-USE_CPU: bool = False                           # True trains on CPU even when a GPU is present
+MODE: str = "train"  # "train" (fit, evaluate, forecast) or "predict" (reuse FINAL_MODEL_DIR)
+SEED: int = 42  # seeds data synthesis, weights init, batch order
+LOG_LEVEL: str = "INFO"  # DEBUG, INFO, WARNING
+DEBUG: bool = False  # True shows the Python traceback of input errors
+FRESH_START: bool = False  # True ignores checkpoints of an interrupted run instead of resuming
+USE_CPU: bool = False  # True trains on CPU even when a GPU is present
 
 # --- 1. load ---------------------------------------------------------------
-DATA_PATH: str = "dados/db_tratado-w.csv"       # CSV: date, produto_cat, uf_cat, vendas, faturamento; absent -> synthetic
-DATE_COLUMN: str = "date"                       # week (or day) of the row
-ID_COLUMNS: tuple = ("produto_cat", "uf_cat")   # one series per product x UF
+DATA_PATH: str = "dados/db_tratado-w.csv"  # CSV: date, produto_cat, uf_cat, vendas, faturamento; absent -> synthetic
+DATE_COLUMN: str = "date"  # week (or day) of the row
+ID_COLUMNS: tuple = ("produto_cat", "uf_cat")  # one series per product x UF
 TARGET_COLUMNS: tuple = ("vendas", "faturamento")  # columns forecast; e.g. --TARGET_COLUMNS=faturamento
 
 # --- 2. weekly resampling + scaling ------------------------------------------
-WEEK_ANCHOR: str = "auto"                       # "auto" keeps the weekday of weekly input (W-SUN for daily), or "W-WED"...
+WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or "W-WED"...
 
 # --- 3. split ----------------------------------------------------------------
-MIN_CONTEXT_WEEKS: int = 26                     # observed weeks a window needs before its forecast start
-TRAIN_STRIDE: int = 4                           # weeks between training windows of a series (1 = every window, 4x slower)
+MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start
+TRAIN_STRIDE: int = 4  # weeks between training windows of a series (1 = every window, 4x slower)
 
 # --- 4. model ----------------------------------------------------------------
-PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"  # hub id or local folder (e.g. ../shared/ttm-weights/ttm-90-30-ft-l1)
-CONTEXT_LENGTH: int = 104                       # weeks of history available; the model reads its own (90) last weeks
-PREDICTION_LENGTH: int = 26                     # weeks forecast
-PREFER_L1_LOSS: bool = True                     # hub only: pick the variant trained with L1 loss (better on sales)
-TRAINABLE_LAYERS: tuple = ("fc1", "fc2")        # parameter-name parts left trainable; all else frozen
+PRETRAINED_MODEL: str = (
+    "ibm-granite/granite-timeseries-ttm-r2"  # hub id or local folder (e.g. ../shared/ttm-weights/ttm-90-30-ft-l1)
+)
+CONTEXT_LENGTH: int = 104  # weeks of history available; the model reads its own (90) last weeks
+PREDICTION_LENGTH: int = 26  # weeks forecast
+PREFER_L1_LOSS: bool = True  # hub only: pick the variant trained with L1 loss (better on sales)
+TRAINABLE_LAYERS: tuple = ("fc1", "fc2")  # parameter-name parts left trainable; all else frozen
 
 # --- 5. training -------------------------------------------------------------
-LEARNING_RATE: float = 1e-3                     # OneCycleLR max_lr (same value given to AdamW)
-WEIGHT_DECAY: float = 0.0                       # AdamW weight decay
-NUM_TRAIN_EPOCHS: int = 100                     # cap; early stopping usually ends sooner
-BATCH_SIZE: int = 64                            # windows per step (train and eval)
-EARLY_STOPPING_PATIENCE: int = 15               # epochs without eval_loss improvement before stopping
-NUM_WORKERS: int = 0                            # DataLoader workers (0 is fastest on CPU; try 4-8 on GPU)
-MIN_FREE_DISK_MB: int = 200                     # refuse to start training with less free space than this
-INTERVAL_LEVEL: float = 0.8                     # coverage of the prediction interval in previsoes.csv (0-1)
-PLOT_TOP_SERIES: int = 6                        # plots of the largest series by revenue under RESULTS_DIR/plots/
-RESULTS_DIR: str = "results_ttm_model"          # TensorBoard logs/, checkpoints, metrics, forecasts
-FINAL_MODEL_DIR: str = "final_ttm_model"        # model weights + config.json + preprocessor.pkl + settings
+LEARNING_RATE: float = 1e-3  # OneCycleLR max_lr (same value given to AdamW)
+WEIGHT_DECAY: float = 0.0  # AdamW weight decay
+NUM_TRAIN_EPOCHS: int = 100  # cap; early stopping usually ends sooner
+BATCH_SIZE: int = 64  # windows per step (train and eval)
+EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping
+NUM_WORKERS: int = 0  # DataLoader workers (0 is fastest on CPU; try 4-8 on GPU)
+MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this
+INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (0-1)
+PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/
+RESULTS_DIR: str = "results_ttm_model"  # TensorBoard logs/, checkpoints, metrics, forecasts
+FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + preprocessor.pkl + settings
 
 ENV_PREFIX = "TTM_"
 

@@ -66,8 +66,10 @@ def _sniff_csv(path: Path) -> tuple[str, str, str]:
 
 
 def _has_decimal_comma(line: str, sep: str) -> bool:
-    return any(field.strip().replace(".", "").replace(",", "", 1).lstrip("-").isdigit() and "," in field
-               for field in line.split(sep))
+    return any(
+        field.strip().replace(".", "").replace(",", "", 1).lstrip("-").isdigit() and "," in field
+        for field in line.split(sep)
+    )
 
 
 def _rows(mask: pd.Series | np.ndarray, limit: int = 5) -> str:
@@ -87,12 +89,46 @@ def _parse_dates(text: pd.Series, path: str, column: str) -> pd.Series:
         if read:
             logger.warning("%s: read %d date(s) in column %r as dd/mm/yyyy", path, read, column)
     if dates.isna().any():
-        raise InputError(f"{path}: column {column!r} has unparseable dates at {_rows(dates.isna())} "
-                         f"(e.g. {text[dates.isna()].iloc[0]!r}); use YYYY-MM-DD or dd/mm/yyyy")
+        raise InputError(
+            f"{path}: column {column!r} has unparseable dates at {_rows(dates.isna())} "
+            f"(e.g. {text[dates.isna()].iloc[0]!r}); use YYYY-MM-DD or dd/mm/yyyy"
+        )
     return dates.dt.tz_localize(None) if dates.dt.tz is not None else dates
 
 
-def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], target_columns: Sequence[str]) -> pd.DataFrame:
+def _parse_numbers(text: pd.Series, *, path: str, column: str, decimal: str, thousands: str | None) -> pd.Series:
+    """Non-negative floats from a target column (read_csv leaves text when separators need repair)."""
+    values, empty = text, text.isna()
+    if not pd.api.types.is_numeric_dtype(values):
+        raw = values.astype(str).str.strip()
+        if thousands:
+            raw = raw.str.replace(thousands, "", regex=False)
+        if decimal == ",":
+            raw = raw.str.replace(",", ".", regex=False)
+        values = pd.to_numeric(raw, errors="coerce")
+        empty = raw.str.lower().isin(["", "nan", "na", "null", "none"])
+        bad = values.isna() & ~empty
+        if bad.any():
+            raise InputError(
+                f"{path}: column {column!r} has non-numeric values at {_rows(bad)} "
+                f"(e.g. {text[bad].iloc[0]!r}); use plain numbers such as 1234.5 or 1.234,5"
+            )
+    if empty.any():
+        raise InputError(
+            f"{path}: column {column!r} has missing values (NaN/empty) at {_rows(empty)}; "
+            "fill them (0 for weeks without sales) or delete those rows"
+        )
+    if (values < 0).any():
+        raise InputError(
+            f"{path}: column {column!r} has negative values at {_rows(values < 0)}; "
+            "net returns into the week's sales or remove those rows"
+        )
+    return values.astype("float64")
+
+
+def read_sales_csv(
+    path: str, *, date_column: str, id_columns: Sequence[str], target_columns: Sequence[str]
+) -> pd.DataFrame:
     """Read and validate the sales CSV; ids stay text exactly as written.
 
     Raises:
@@ -100,8 +136,10 @@ def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], ta
     """
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"{path}: file not found; set --DATA_PATH=<your CSV> (columns {date_column}, "
-                                f"{', '.join(id_columns)}, {', '.join(target_columns)})")
+        raise FileNotFoundError(
+            f"{path}: file not found; set --DATA_PATH=<your CSV> (columns {date_column}, "
+            f"{', '.join(id_columns)}, {', '.join(target_columns)})"
+        )
     if file.is_dir():
         raise InputError(f"{path}: is a folder, not a CSV file; set --DATA_PATH to the CSV inside it")
     try:
@@ -115,19 +153,31 @@ def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], ta
     header = next(csv.reader([text.splitlines()[0]], delimiter=sep))
     text_columns = {raw.lstrip(): str for raw in header if raw.strip().lower() not in target_columns}  # ids, dates
     try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, decimal=decimal, thousands=thousands, dtype=text_columns,
-                         keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            decimal=decimal,
+            thousands=thousands,
+            dtype=text_columns,
+            keep_default_na=False,
+            skipinitialspace=True,
+        )
     except (pd.errors.ParserError, csv.Error) as err:
-        raise InputError(f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV "
-                         "with ',' or ';' separators") from err
+        raise InputError(
+            f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV with ',' or ';' separators"
+        ) from err
     df.columns = [str(c).strip().lower() for c in df.columns]
     required = [date_column, *id_columns, *target_columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        hints = [f"{m!r} (found {close[0]!r}?)" if (close := difflib.get_close_matches(m, df.columns, n=1)) else repr(m)
-                 for m in missing]
-        raise InputError(f"{path}: missing column(s) {', '.join(hints)}; the header has {list(df.columns)}; "
-                         f"rename the column(s) or change TARGET_COLUMNS/ID_COLUMNS/DATE_COLUMN")
+        hints = [
+            f"{m!r} (found {close[0]!r}?)" if (close := difflib.get_close_matches(m, df.columns, n=1)) else repr(m)
+            for m in missing
+        ]
+        raise InputError(
+            f"{path}: missing column(s) {', '.join(hints)}; the header has {list(df.columns)}; "
+            f"rename the column(s) or change TARGET_COLUMNS/ID_COLUMNS/DATE_COLUMN"
+        )
     extra = [c for c in df.columns if c not in required]
     if extra:
         logger.warning("%s: ignoring extra column(s) %s", path, extra)
@@ -139,33 +189,27 @@ def read_sales_csv(path: str, *, date_column: str, id_columns: Sequence[str], ta
         if (out[col] == "").any():
             raise InputError(f"{path}: column {col!r} is empty at {_rows(out[col] == '')}; fill in the id")
     for col in target_columns:
-        values, empty = df[col], df[col].isna()
-        if not pd.api.types.is_numeric_dtype(values):  # read_csv left text: repair separators, find the bad cells
-            raw = values.astype(str).str.strip()
-            if thousands:
-                raw = raw.str.replace(thousands, "", regex=False)
-            if decimal == ",":
-                raw = raw.str.replace(",", ".", regex=False)
-            values = pd.to_numeric(raw, errors="coerce")
-            empty = raw.str.lower().isin(["", "nan", "na", "null", "none"])
-            bad = values.isna() & ~empty
-            if bad.any():
-                raise InputError(f"{path}: column {col!r} has non-numeric values at {_rows(bad)} "
-                                 f"(e.g. {df[col][bad].iloc[0]!r}); use plain numbers such as 1234.5 or 1.234,5")
-        if empty.any():
-            raise InputError(f"{path}: column {col!r} has missing values (NaN/empty) at {_rows(empty)}; "
-                             "fill them (0 for weeks without sales) or delete those rows")
-        if (values < 0).any():
-            raise InputError(f"{path}: column {col!r} has negative values at {_rows(values < 0)}; "
-                             "net returns into the week's sales or remove those rows")
-        out[col] = values.astype("float64")
-    logger.info("Loaded %s: %d rows, %d series, %s to %s", path, len(out), out.groupby(list(id_columns)).ngroups,
-                out[date_column].min().date(), out[date_column].max().date())
+        out[col] = _parse_numbers(df[col], path=path, column=col, decimal=decimal, thousands=thousands)
+    logger.info(
+        "Loaded %s: %d rows, %d series, %s to %s",
+        path,
+        len(out),
+        out.groupby(list(id_columns)).ngroups,
+        out[date_column].min().date(),
+        out[date_column].max().date(),
+    )
     return out
 
 
-def synthesize_sales(*, seed: int, date_column: str, id_columns: Sequence[str], n_products: int = 8,
-                     ufs: Sequence[str] = ("SP", "RJ", "MG", "RS", "PR", "BA"), n_weeks: int = 260) -> pd.DataFrame:
+def synthesize_sales(
+    *,
+    seed: int,
+    date_column: str,
+    id_columns: Sequence[str],
+    n_products: int = 8,
+    ufs: Sequence[str] = ("SP", "RJ", "MG", "RS", "PR", "BA"),
+    n_weeks: int = 260,
+) -> pd.DataFrame:
     """A realistic weekly panel: trend, yearly season, promotions, a drifting price, new and intermittent series."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN")
@@ -184,9 +228,17 @@ def synthesize_sales(*, seed: int, date_column: str, id_columns: Sequence[str], 
                 rate = rate * 0.02
             units = rng.poisson(np.clip(rate, 0, None)).astype(float)
             start = n_weeks - rng.integers(40, 90) if (p * len(ufs) + u) % 17 == 3 else 0  # a few new launches
-            frames.append(pd.DataFrame({date_column: dates[start:], id_columns[0]: f"P{p + 1:03d}",
-                                        id_columns[1]: uf, "vendas": units[start:],
-                                        "faturamento": np.round(units[start:] * price[start:], 2)}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        date_column: dates[start:],
+                        id_columns[0]: f"P{p + 1:03d}",
+                        id_columns[1]: uf,
+                        "vendas": units[start:],
+                        "faturamento": np.round(units[start:] * price[start:], 2),
+                    }
+                )
+            )
     df = pd.concat(frames, ignore_index=True)
     keep = (df["vendas"] > 0) | (rng.random(len(df)) < 0.5)  # exports often omit weeks without sales
     return df[keep].reset_index(drop=True)
@@ -213,8 +265,15 @@ def _week_anchor(dates: pd.Series, anchor: str) -> str:
     return "W-" + ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")[days[0]] if len(days) == 1 else "W-SUN"
 
 
-def resample_weekly(df: pd.DataFrame, *, date_column: str, id_columns: Sequence[str],
-                    target_columns: Sequence[str], anchor: str = "auto", source: str = "data") -> tuple[Panel, str]:
+def resample_weekly(
+    df: pd.DataFrame,
+    *,
+    date_column: str,
+    id_columns: Sequence[str],
+    target_columns: Sequence[str],
+    anchor: str = "auto",
+    source: str = "data",
+) -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used."""
     ids = list(id_columns)
     out_of_order = int((df.groupby(ids)[date_column].diff().dt.days < 0).sum())
@@ -235,18 +294,32 @@ def resample_weekly(df: pd.DataFrame, *, date_column: str, id_columns: Sequence[
     values[codes, col] = weekly[list(target_columns)].to_numpy()
     gaps = np.diff(col)[np.diff(codes) == 0]  # weeks between consecutive weeks with rows, inside each series
     if len(gaps) and np.median(gaps) >= 2:
-        raise InputError(f"{source}: column {date_column!r}: rows are {7 * np.median(gaps):.0f} days apart (median), "
-                         "which looks monthly; this tool needs weekly or daily rows")
+        raise InputError(
+            f"{source}: column {date_column!r}: rows are {7 * np.median(gaps):.0f} days apart (median), "
+            "which looks monthly; this tool needs weekly or daily rows"
+        )
     start = np.full(len(keys), len(dates))
     np.minimum.at(start, codes, col)
     filled = int((len(dates) - start).sum() - len(weekly))
     all_zero = ~values.any(axis=(1, 2))
     if all_zero.any():
-        logger.warning("%s: %d series have only zeros; kept (their forecast will be about 0): %s", source,
-                       all_zero.sum(), keys[all_zero].head(5).to_dict("records"))
-    logger.info("Weekly (%s): %d series x %d weeks (%s to %s); %d input rows -> %d series-weeks, %d missing weeks "
-                "set to 0", anchor, len(keys), len(dates), dates[0].date(), dates[-1].date(), len(df), len(weekly),
-                filled)
+        logger.warning(
+            "%s: %d series have only zeros; kept (their forecast will be about 0): %s",
+            source,
+            all_zero.sum(),
+            keys[all_zero].head(5).to_dict("records"),
+        )
+    logger.info(
+        "Weekly (%s): %d series x %d weeks (%s to %s); %d input rows -> %d series-weeks, %d missing weeks set to 0",
+        anchor,
+        len(keys),
+        len(dates),
+        dates[0].date(),
+        dates[-1].date(),
+        len(df),
+        len(weekly),
+        filled,
+    )
     return Panel(keys, dates, values, start, tuple(target_columns)), anchor
 
 
@@ -257,8 +330,15 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray, id_columns: Sequence[
     frame = panel.keys.iloc[rows_s].reset_index(drop=True)
     frame["date"] = panel.dates[rows_t]
     frame[list(panel.targets)] = panel.values[rows_s, rows_t]
-    tsp = TimeSeriesPreprocessor(timestamp_column="date", id_columns=list(id_columns), target_columns=list(panel.targets),
-                                 scaling=True, scaler_type="standard", freq="W", encode_categorical=False)
+    tsp = TimeSeriesPreprocessor(
+        timestamp_column="date",
+        id_columns=list(id_columns),
+        target_columns=list(panel.targets),
+        scaling=True,
+        scaler_type="standard",
+        freq="W",
+        encode_categorical=False,
+    )
     return tsp.train(frame)
 
 
@@ -297,8 +377,10 @@ def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int) 
     n_weeks = len(panel.dates)
     test_start, valid_start = n_weeks - horizon, n_weeks - 2 * horizon
     if valid_start - horizon < min_context:
-        raise InputError(f"data cover {n_weeks} weeks; training needs at least {min_context + 3 * horizon} "
-                         f"(MIN_CONTEXT_WEEKS {min_context} + 3 x PREDICTION_LENGTH {horizon}); lower those settings")
+        raise InputError(
+            f"data cover {n_weeks} weeks; training needs at least {min_context + 3 * horizon} "
+            f"(MIN_CONTEXT_WEEKS {min_context} + 3 x PREDICTION_LENGTH {horizon}); lower those settings"
+        )
     series = np.arange(len(panel.keys))
     first_cut = panel.start + min_context
     in_test, in_valid = first_cut <= test_start, first_cut <= valid_start
@@ -309,25 +391,44 @@ def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int) 
     fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, n_weeks))
     left_out = panel.keys[~(in_test & in_valid & (counts > 0))]
     if len(left_out):
-        logger.warning("%d series are too new for every split (need %d weeks before the validation window); they "
-                       "are forecast but left out of training/evaluation where too short: %s", len(left_out),
-                       min_context + horizon, left_out.head(10).to_dict("records"))
-    logger.info("Split: train windows %d (targets before %s), valid %d series (%s..), test %d series (%s..)",
-                len(train_s), panel.dates[valid_start].date(), in_valid.sum(), panel.dates[valid_start].date(),
-                in_test.sum(), panel.dates[test_start].date())
-    return Split(valid_start, test_start, (train_s, train_t), (series[in_valid], np.full(in_valid.sum(), valid_start)),
-                 (series[in_test], np.full(in_test.sum(), test_start)), fit_end)
+        logger.warning(
+            "%d series are too new for every split (need %d weeks before the validation window); they "
+            "are forecast but left out of training/evaluation where too short: %s",
+            len(left_out),
+            min_context + horizon,
+            left_out.head(10).to_dict("records"),
+        )
+    logger.info(
+        "Split: train windows %d (targets before %s), valid %d series (%s..), test %d series (%s..)",
+        len(train_s),
+        panel.dates[valid_start].date(),
+        in_valid.sum(),
+        panel.dates[valid_start].date(),
+        in_test.sum(),
+        panel.dates[test_start].date(),
+    )
+    return Split(
+        valid_start,
+        test_start,
+        (train_s, train_t),
+        (series[in_valid], np.full(in_valid.sum(), valid_start)),
+        (series[in_test], np.full(in_test.sum(), test_start)),
+        fit_end,
+    )
 
 
-def gather_windows(scaled: np.ndarray, start: np.ndarray, series: np.ndarray, cuts: np.ndarray, *, context: int,
-                   horizon: int = 0) -> dict[str, torch.Tensor]:
+def gather_windows(
+    scaled: np.ndarray, start: np.ndarray, series: np.ndarray, cuts: np.ndarray, *, context: int, horizon: int = 0
+) -> dict[str, torch.Tensor]:
     """Batch of model inputs: `context` weeks before each cut (zero-padded, masked before a series starts)."""
     t = cuts[:, None] + np.arange(-context, horizon)
     observed = (t >= start[series, None]) & (t >= 0)
     values = scaled[series[:, None], np.clip(t, 0, scaled.shape[1] - 1)] * observed[..., None]
     past = torch.from_numpy(values[:, :context].astype(np.float32))
-    batch = {"past_values": past,
-             "past_observed_mask": torch.from_numpy(np.repeat(observed[:, :context, None], scaled.shape[2], axis=2))}
+    batch = {
+        "past_values": past,
+        "past_observed_mask": torch.from_numpy(np.repeat(observed[:, :context, None], scaled.shape[2], axis=2)),
+    }
     if horizon:
         batch["future_values"] = torch.from_numpy(values[:, context:].astype(np.float32))
     return batch
@@ -336,8 +437,16 @@ def gather_windows(scaled: np.ndarray, start: np.ndarray, series: np.ndarray, cu
 class WindowDataset(torch.utils.data.Dataset):
     """Forecast windows cut from one scaled array (no per-item pandas): what ForecastDFDataset yields, plus masks."""
 
-    def __init__(self, scaled: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray], *,
-                 context: int, horizon: int, freq_token: int | None):
+    def __init__(
+        self,
+        scaled: np.ndarray,
+        start: np.ndarray,
+        windows: tuple[np.ndarray, np.ndarray],
+        *,
+        context: int,
+        horizon: int,
+        freq_token: int | None,
+    ):
         self.scaled, self.start, (self.series, self.cuts) = scaled, start, windows
         self.context, self.horizon, self.freq_token = context, horizon, freq_token
 
@@ -345,9 +454,17 @@ class WindowDataset(torch.utils.data.Dataset):
         return len(self.series)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {k: v[0] for k, v in gather_windows(self.scaled, self.start, self.series[i : i + 1],
-                                                     self.cuts[i : i + 1], context=self.context,
-                                                     horizon=self.horizon).items()}
+        item = {
+            k: v[0]
+            for k, v in gather_windows(
+                self.scaled,
+                self.start,
+                self.series[i : i + 1],
+                self.cuts[i : i + 1],
+                context=self.context,
+                horizon=self.horizon,
+            ).items()
+        }
         if self.freq_token is not None:
             item["freq_token"] = torch.tensor(self.freq_token)
         return item
@@ -356,27 +473,47 @@ class WindowDataset(torch.utils.data.Dataset):
 # ---- 4. model -----------------------------------------------------------------------------------------------------
 
 
-def build_model(model_path: str, *, context_length: int, prediction_length: int, prefer_l1: bool,
-                num_channels: int) -> torch.nn.Module:
+def build_model(
+    model_path: str, *, context_length: int, prediction_length: int, prefer_l1: bool, num_channels: int
+) -> torch.nn.Module:
     """Load the pretrained TTM variant for context/horizon (hub id or local folder) with get_model."""
     local = Path(model_path).expanduser()
     if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
-        raise InputError(f"PRETRAINED_MODEL={model_path}: folder not found; give a folder with config.json and "
-                         "model.safetensors, or a hub id such as ibm-granite/granite-timeseries-ttm-r2")
+        raise InputError(
+            f"PRETRAINED_MODEL={model_path}: folder not found; give a folder with config.json and "
+            "model.safetensors, or a hub id such as ibm-granite/granite-timeseries-ttm-r2"
+        )
     try:
-        model = get_model(str(local) if local.exists() else model_path, context_length=context_length,
-                          prediction_length=prediction_length, freq="W", freq_prefix_tuning=True,
-                          prefer_l1_loss=prefer_l1, num_input_channels=num_channels)
+        model = get_model(
+            str(local) if local.exists() else model_path,
+            context_length=context_length,
+            prediction_length=prediction_length,
+            freq="W",
+            freq_prefix_tuning=True,
+            prefer_l1_loss=prefer_l1,
+            num_input_channels=num_channels,
+        )
     except OSError as err:
-        raise InputError(f"PRETRAINED_MODEL={model_path}: could not load it ({str(err).splitlines()[0]}). Offline? "
-                         "Download the model once, or point to a local folder: "
-                         "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1") from err
+        raise InputError(
+            f"PRETRAINED_MODEL={model_path}: could not load it ({str(err).splitlines()[0]}). Offline? "
+            "Download the model once, or point to a local folder: "
+            "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1"
+        ) from err
     if model.config.context_length > context_length:
-        raise InputError(f"PRETRAINED_MODEL={model_path} reads {model.config.context_length} weeks, more than "
-                         f"CONTEXT_LENGTH={context_length}; raise CONTEXT_LENGTH or pick a shorter model")
-    logger.info("Model %s: context %d, horizon %d (of %d), loss %s; reads the last %d of CONTEXT_LENGTH=%d weeks",
-                model_path, model.config.context_length, prediction_length, model.config.prediction_length,
-                model.config.loss, model.config.context_length, context_length)
+        raise InputError(
+            f"PRETRAINED_MODEL={model_path} reads {model.config.context_length} weeks, more than "
+            f"CONTEXT_LENGTH={context_length}; raise CONTEXT_LENGTH or pick a shorter model"
+        )
+    logger.info(
+        "Model %s: context %d, horizon %d (of %d), loss %s; reads the last %d of CONTEXT_LENGTH=%d weeks",
+        model_path,
+        model.config.context_length,
+        prediction_length,
+        model.config.prediction_length,
+        model.config.loss,
+        model.config.context_length,
+        context_length,
+    )
     return model
 
 
@@ -392,10 +529,17 @@ def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
         p.requires_grad = any(part in name for part in name_parts)
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     if not trainable:
-        raise InputError(f"TRAINABLE_LAYERS={list(name_parts)} matched no parameter; names look like {list(params)[:3]}")
+        raise InputError(
+            f"TRAINABLE_LAYERS={list(name_parts)} matched no parameter; names look like {list(params)[:3]}"
+        )
     total = sum(p.numel() for p in params.values())
-    logger.info("Trainable parameters: %d of %d (%.1f%%) in layers matching %s", trainable, total,
-                100 * trainable / total, ", ".join(name_parts))
+    logger.info(
+        "Trainable parameters: %d of %d (%.1f%%) in layers matching %s",
+        trainable,
+        total,
+        100 * trainable / total,
+        ", ".join(name_parts),
+    )
     return trainable / total
 
 
@@ -407,33 +551,75 @@ def steps_per_epoch(n_windows: int, batch_size: int, grad_accum: int = 1) -> int
     return math.ceil(n_windows / (batch_size * grad_accum))
 
 
-def make_trainer(model: torch.nn.Module, train: torch.utils.data.Dataset, valid: torch.utils.data.Dataset, *,
-                 out_dir: Path, run_name: str, lr: float, weight_decay: float, epochs: int, batch_size: int,
-                 patience: int, seed: int, workers: int, use_cpu: bool) -> Trainer:
+def make_trainer(
+    model: torch.nn.Module,
+    train: torch.utils.data.Dataset,
+    valid: torch.utils.data.Dataset,
+    *,
+    out_dir: Path,
+    run_name: str,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    workers: int,
+    use_cpu: bool,
+) -> Trainer:
     """HF Trainer: AdamW over trainable parameters, OneCycleLR, early stopping on eval_loss, TensorBoard logs."""
     steps = steps_per_epoch(len(train), batch_size)
     args = TrainingArguments(
-        output_dir=str(out_dir), run_name=run_name, logging_dir=str(out_dir / "logs" / run_name),
-        report_to=["tensorboard"], eval_strategy="epoch", save_strategy="epoch", logging_strategy="steps",
-        logging_steps=max(1, steps // 4), load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, save_total_limit=2, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=4 * batch_size, learning_rate=lr, weight_decay=weight_decay, seed=seed,
-        data_seed=seed, dataloader_num_workers=workers, use_cpu=use_cpu, label_names=["future_values"],
-        prediction_loss_only=True, save_safetensors=True, disable_tqdm=not sys.stderr.isatty(),
+        output_dir=str(out_dir),
+        run_name=run_name,
+        logging_dir=str(out_dir / "logs" / run_name),
+        report_to=["tensorboard"],
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=max(1, steps // 4),
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=2,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=4 * batch_size,
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=workers,
+        use_cpu=use_cpu,
+        label_names=["future_values"],
+        prediction_loss_only=True,
+        save_safetensors=True,
+        disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=valid, optimizers=(optimizer, scheduler),
-                   callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)])
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid,
+        optimizers=(optimizer, scheduler),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+    )
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_artifacts(model: torch.nn.Module, tsp: TimeSeriesPreprocessor, conformal: PostHocProbabilisticProcessor | None,
-                   settings: dict, final_dir: Path) -> None:
+def save_artifacts(
+    model: torch.nn.Module,
+    tsp: TimeSeriesPreprocessor,
+    conformal: PostHocProbabilisticProcessor | None,
+    settings: dict,
+    final_dir: Path,
+) -> None:
     """Write model, preprocessor.pkl, conformal and settings beside final_dir, then swap it in atomically."""
     staging, backup = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".bak")
     shutil.rmtree(staging, ignore_errors=True)
@@ -442,8 +628,11 @@ def save_artifacts(model: torch.nn.Module, tsp: TimeSeriesPreprocessor, conforma
     if conformal is not None:
         conformal.save_pretrained(staging)
     (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
-    manifest = {"tool": "ttm_model", "versions": {p: version(p) for p in PACKAGES},
-                "sha256": {f.name: _sha256(f) for f in sorted(staging.iterdir())}}
+    manifest = {
+        "tool": "ttm_model",
+        "versions": {p: version(p) for p in PACKAGES},
+        "sha256": {f.name: _sha256(f) for f in sorted(staging.iterdir())},
+    }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if final_dir.exists():
         shutil.rmtree(backup, ignore_errors=True)
@@ -453,18 +642,24 @@ def save_artifacts(model: torch.nn.Module, tsp: TimeSeriesPreprocessor, conforma
     logger.info("Saved model, preprocessor.pkl and settings to %s/", final_dir)
 
 
-def load_artifacts(final_dir: Path) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, PostHocProbabilisticProcessor | None, dict]:
+def load_artifacts(
+    final_dir: Path,
+) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, PostHocProbabilisticProcessor | None, dict]:
     """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles)."""
     manifest_file = final_dir / "manifest.json"
     if not manifest_file.is_file():
-        raise InputError(f"{final_dir}: no manifest.json, so not a folder written by ttm_model.py; train first "
-                         "(python ttm_model.py) or set --FINAL_MODEL_DIR")
+        raise InputError(
+            f"{final_dir}: no manifest.json, so not a folder written by ttm_model.py; train first "
+            "(python ttm_model.py) or set --FINAL_MODEL_DIR"
+        )
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     for name, digest in manifest.get("sha256", {}).items():
         file = final_dir / name
         if not file.is_file() or _sha256(file) != digest:
-            raise InputError(f"{file}: missing or changed since ttm_model.py wrote it (sha256 mismatch); refusing to "
-                             "load it. Retrain, or restore the folder from a backup")
+            raise InputError(
+                f"{file}: missing or changed since ttm_model.py wrote it (sha256 mismatch); refusing to "
+                "load it. Retrain, or restore the folder from a backup"
+            )
     if "preprocessor.pkl" not in manifest.get("sha256", {}):
         raise InputError(f"{final_dir}/manifest.json does not list preprocessor.pkl; refusing to unpickle it")
     for package, wrote in manifest.get("versions", {}).items():
@@ -483,16 +678,24 @@ def load_artifacts(final_dir: Path) -> tuple[torch.nn.Module, TimeSeriesPreproce
 
 
 @torch.no_grad()
-def forecast_scaled(model: torch.nn.Module, scaled: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray],
-                    *, horizon: int, batch_size: int = 1024) -> np.ndarray:
+def forecast_scaled(
+    model: torch.nn.Module,
+    scaled: np.ndarray,
+    start: np.ndarray,
+    windows: tuple[np.ndarray, np.ndarray],
+    *,
+    horizon: int,
+    batch_size: int = 1024,
+) -> np.ndarray:
     """Point forecasts, shape (windows, horizon, targets), in scaled units."""
     model.eval()
     device, token = next(model.parameters()).device, freq_token_for(model)
     series, cuts = windows
     out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
     for i in range(0, len(series), batch_size):
-        batch = gather_windows(scaled, start, series[i : i + batch_size], cuts[i : i + batch_size],
-                               context=model.config.context_length)
+        batch = gather_windows(
+            scaled, start, series[i : i + batch_size], cuts[i : i + batch_size], context=model.config.context_length
+        )
         if token is not None:
             batch["freq_token"] = torch.full((len(batch["past_values"]),), token)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -513,8 +716,9 @@ def mase_scale(values: np.ndarray, start: np.ndarray, end: int) -> np.ndarray:
     return scale
 
 
-def baseline_forecasts(values: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray],
-                       horizon: int) -> dict[str, np.ndarray]:
+def baseline_forecasts(
+    values: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray], horizon: int
+) -> dict[str, np.ndarray]:
     """Seasonal naive (same week last year; last value when the series is younger) and naive (last value)."""
     series, cuts = windows
     naive = np.repeat(values[series, cuts - 1][:, None], horizon, axis=1)
@@ -529,8 +733,13 @@ def error_metrics(y: np.ndarray, pred: np.ndarray, scale: np.ndarray | float) ->
     total = np.abs(y).sum(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         mae = np.abs(err).mean(-1)
-        return {"mae": mae, "rmse": np.sqrt((err**2).mean(-1)), "wape": np.abs(err).sum(-1) / total,
-                "mase": mae / scale, "bias": err.sum(-1) / total}
+        return {
+            "mae": mae,
+            "rmse": np.sqrt((err**2).mean(-1)),
+            "wape": np.abs(err).sum(-1) / total,
+            "mase": mae / scale,
+            "bias": err.sum(-1) / total,
+        }
 
 
 def evaluate_methods(panel: Panel, split: Split, forecasts: dict[str, np.ndarray]) -> tuple[pd.DataFrame, dict]:
@@ -554,11 +763,15 @@ def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostH
     """Split-conformal intervals calibrated on validation forecasts (scaled units), or None if too few."""
     alpha = 1 - level
     if len(y_true) < math.ceil(1 / alpha):
-        logger.warning("Only %d validation windows: too few for %.0f%% conformal intervals; none written",
-                       len(y_true), 100 * level)
+        logger.warning(
+            "Only %d validation windows: too few for %.0f%% conformal intervals; none written",
+            len(y_true),
+            100 * level,
+        )
         return None
-    conformal = PostHocProbabilisticProcessor(quantiles=[alpha / 2, 1 - alpha / 2], method="conformal",
-                                              nonconformity_score="absolute_error")
+    conformal = PostHocProbabilisticProcessor(
+        quantiles=[alpha / 2, 1 - alpha / 2], method="conformal", nonconformity_score="absolute_error"
+    )
     return conformal.train(y_true.astype(np.float64), y_pred.astype(np.float64))
 
 
@@ -567,9 +780,16 @@ def unscale(scaled: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarr
     return np.clip(scaled * scale[:, None] + mean[:, None], 0, None)
 
 
-def predict_with_intervals(model: torch.nn.Module, scaled: np.ndarray, panel: Panel, windows: tuple,
-                           mean: np.ndarray, scale: np.ndarray, conformal: PostHocProbabilisticProcessor | None,
-                           horizon: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def predict_with_intervals(
+    model: torch.nn.Module,
+    scaled: np.ndarray,
+    panel: Panel,
+    windows: tuple,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    conformal: PostHocProbabilisticProcessor | None,
+    horizon: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Point forecast and interval bounds in original units for the given windows."""
     pred = forecast_scaled(model, scaled, panel.start, windows, horizon=horizon)
     m, s = mean[windows[0]], scale[windows[0]]
@@ -579,8 +799,15 @@ def predict_with_intervals(model: torch.nn.Module, scaled: np.ndarray, panel: Pa
     return unscale(pred, m, s), unscale(bounds[..., 0], m, s), unscale(bounds[..., 1], m, s)
 
 
-def forecast_frame(panel: Panel, point: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None, *,
-                   date_column: str, new_series: np.ndarray) -> pd.DataFrame:
+def forecast_frame(
+    panel: Panel,
+    point: np.ndarray,
+    lower: np.ndarray | None,
+    upper: np.ndarray | None,
+    *,
+    date_column: str,
+    new_series: np.ndarray,
+) -> pd.DataFrame:
     """previsoes.csv rows: every series x the weeks after the last date, point forecast and bounds per target."""
     horizon = point.shape[1]
     dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
@@ -596,8 +823,9 @@ def forecast_frame(panel: Panel, point: np.ndarray, lower: np.ndarray | None, up
     return frame
 
 
-def plot_results(panel: Panel, future: pd.DataFrame, overall: dict, out_dir: Path, *, top_n: int,
-                 date_column: str, level: float) -> None:
+def plot_results(
+    panel: Panel, future: pd.DataFrame, overall: dict, out_dir: Path, *, top_n: int, date_column: str, level: float
+) -> None:
     """PNG plots: history + forecast + interval of the top series by revenue, and test accuracy by method."""
     import matplotlib
 
@@ -616,8 +844,14 @@ def plot_results(panel: Panel, future: pd.DataFrame, overall: dict, out_dir: Pat
         ax.plot(panel.dates[shown], panel.values[s, shown, -1], label="history", color="black")
         ax.plot(rows[date_column], rows[target], label="forecast", color="tab:blue")
         if f"{target}_lower" in rows:
-            ax.fill_between(rows[date_column], rows[f"{target}_lower"], rows[f"{target}_upper"], alpha=0.25,
-                            color="tab:blue", label=f"{100 * level:.0f}% interval")
+            ax.fill_between(
+                rows[date_column],
+                rows[f"{target}_lower"],
+                rows[f"{target}_upper"],
+                alpha=0.25,
+                color="tab:blue",
+                label=f"{100 * level:.0f}% interval",
+            )
         ax.set_title(f"{target}: " + ", ".join(f"{k}={v}" for k, v in key.items()))
         ax.legend()
         fig.savefig(out_dir / f"forecast_{rank:02d}.png", dpi=90, bbox_inches="tight")
@@ -646,8 +880,10 @@ def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as err:
-            raise InputError(f"{folder}: cannot write there ({err.strerror}); fix its permissions or set "
-                             "RESULTS_DIR/FINAL_MODEL_DIR to another folder") from err
+            raise InputError(
+                f"{folder}: cannot write there ({err.strerror}); fix its permissions or set "
+                "RESULTS_DIR/FINAL_MODEL_DIR to another folder"
+            ) from err
         free_mb = shutil.disk_usage(folder).free / 2**20
         if free_mb < min_free_mb:
             raise InputError(f"{folder}: only {free_mb:.0f} MB free, MIN_FREE_DISK_MB={min_free_mb}; free some space")
@@ -664,15 +900,24 @@ def resume_checkpoint(results: Path, fingerprint: str, fresh: bool) -> str | Non
     for old in results.glob("checkpoint-*"):
         shutil.rmtree(old)
     if last:
-        logger.info("Starting fresh: %s", "FRESH_START=True" if fresh else "settings or data changed since the "
-                    "checkpoints in %s were written" % results)
+        logger.info(
+            "Starting fresh: %s",
+            "FRESH_START=True"
+            if fresh
+            else "settings or data changed since the checkpoints in %s were written" % results,
+        )
     stamp.write_text(fingerprint)
     return None
 
 
 def _fingerprint(cfg: dict, panel: Panel) -> str:
-    digest = hashlib.sha256(json.dumps({k: v for k, v in cfg.items() if k not in ("MODE", "LOG_LEVEL", "DEBUG",
-                            "FRESH_START")}, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in cfg.items() if k not in ("MODE", "LOG_LEVEL", "DEBUG", "FRESH_START")},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     digest.update(panel.values.tobytes())
     digest.update(pd.util.hash_pandas_object(panel.keys, index=False).to_numpy().tobytes())
     return digest.hexdigest()
@@ -684,12 +929,19 @@ def load_sales(cfg, results: Path) -> pd.DataFrame:
         sales = synthesize_sales(seed=cfg.SEED, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS)
         sales = sales[[cfg.DATE_COLUMN, *cfg.ID_COLUMNS, *cfg.TARGET_COLUMNS]]
         sales.to_csv(results / "dados_sinteticos.csv", index=False)
-        logger.warning("SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series), saved "
-                       "to %s. Put your CSV at %s or set --DATA_PATH.", cfg.DATA_PATH, len(sales),
-                       sales.groupby(list(cfg.ID_COLUMNS)).ngroups, results / "dados_sinteticos.csv", cfg.DATA_PATH)
+        logger.warning(
+            "SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series), saved "
+            "to %s. Put your CSV at %s or set --DATA_PATH.",
+            cfg.DATA_PATH,
+            len(sales),
+            sales.groupby(list(cfg.ID_COLUMNS)).ngroups,
+            results / "dados_sinteticos.csv",
+            cfg.DATA_PATH,
+        )
         return sales
-    return read_sales_csv(cfg.DATA_PATH, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS,
-                          target_columns=cfg.TARGET_COLUMNS)
+    return read_sales_csv(
+        cfg.DATA_PATH, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
+    )
 
 
 def run_train(cfg) -> dict:
@@ -697,57 +949,123 @@ def run_train(cfg) -> dict:
     results, final_dir = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR)
     check_output_dirs([results, final_dir.resolve().parent], cfg.MIN_FREE_DISK_MB)
     sales = load_sales(cfg, results)  # 1
-    panel, anchor = resample_weekly(sales, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS,  # 2
-                                    target_columns=cfg.TARGET_COLUMNS, anchor=cfg.WEEK_ANCHOR, source=cfg.DATA_PATH)
-    split = split_by_time(panel, horizon=cfg.PREDICTION_LENGTH, min_context=cfg.MIN_CONTEXT_WEEKS,  # 3
-                          stride=cfg.TRAIN_STRIDE)
+    panel, anchor = resample_weekly(
+        sales,
+        date_column=cfg.DATE_COLUMN,
+        id_columns=cfg.ID_COLUMNS,  # 2
+        target_columns=cfg.TARGET_COLUMNS,
+        anchor=cfg.WEEK_ANCHOR,
+        source=cfg.DATA_PATH,
+    )
+    split = split_by_time(
+        panel,
+        horizon=cfg.PREDICTION_LENGTH,
+        min_context=cfg.MIN_CONTEXT_WEEKS,  # 3
+        stride=cfg.TRAIN_STRIDE,
+    )
     tsp = fit_group_scaler(panel, fit_end=split.fit_end, id_columns=cfg.ID_COLUMNS)
     mean, scale, _ = scaler_arrays(tsp, panel.keys)
     scaled = (panel.values - mean[:, None]) / scale[:, None]
-    model = build_model(cfg.PRETRAINED_MODEL, context_length=cfg.CONTEXT_LENGTH,  # 4
-                        prediction_length=cfg.PREDICTION_LENGTH, prefer_l1=cfg.PREFER_L1_LOSS,
-                        num_channels=len(cfg.TARGET_COLUMNS))
-    zero_shot = build_model(cfg.PRETRAINED_MODEL, context_length=cfg.CONTEXT_LENGTH,
-                            prediction_length=cfg.PREDICTION_LENGTH, prefer_l1=cfg.PREFER_L1_LOSS,
-                            num_channels=len(cfg.TARGET_COLUMNS))
+    model = build_model(
+        cfg.PRETRAINED_MODEL,
+        context_length=cfg.CONTEXT_LENGTH,  # 4
+        prediction_length=cfg.PREDICTION_LENGTH,
+        prefer_l1=cfg.PREFER_L1_LOSS,
+        num_channels=len(cfg.TARGET_COLUMNS),
+    )
+    zero_shot = build_model(
+        cfg.PRETRAINED_MODEL,
+        context_length=cfg.CONTEXT_LENGTH,
+        prediction_length=cfg.PREDICTION_LENGTH,
+        prefer_l1=cfg.PREFER_L1_LOSS,
+        num_channels=len(cfg.TARGET_COLUMNS),
+    )
     trainable = unfreeze_only(model, cfg.TRAINABLE_LAYERS)
-    make = dict(context=model.config.context_length, horizon=cfg.PREDICTION_LENGTH, freq_token=freq_token_for(model))
-    datasets = {k: WindowDataset(scaled, panel.start, getattr(split, k), **make) for k in ("train", "valid", "test")}
-    trainer = make_trainer(model, datasets["train"], datasets["valid"], out_dir=results,  # 5
-                           run_name=Path(cfg.DATA_PATH).stem, lr=cfg.LEARNING_RATE, weight_decay=cfg.WEIGHT_DECAY,
-                           epochs=cfg.NUM_TRAIN_EPOCHS, batch_size=cfg.BATCH_SIZE,
-                           patience=cfg.EARLY_STOPPING_PATIENCE, seed=cfg.SEED, workers=cfg.NUM_WORKERS,
-                           use_cpu=cfg.USE_CPU)
-    logger.info("Training on %s: %d windows/epoch, batch %d, lr %g, up to %d epochs", trainer.args.device,
-                len(datasets["train"]), cfg.BATCH_SIZE, cfg.LEARNING_RATE, cfg.NUM_TRAIN_EPOCHS)
+    token = freq_token_for(model)
+    datasets = {
+        k: WindowDataset(
+            scaled,
+            panel.start,
+            getattr(split, k),
+            context=model.config.context_length,
+            horizon=cfg.PREDICTION_LENGTH,
+            freq_token=token,
+        )
+        for k in ("train", "valid", "test")
+    }
+    trainer = make_trainer(
+        model,
+        datasets["train"],
+        datasets["valid"],
+        out_dir=results,  # 5
+        run_name=Path(cfg.DATA_PATH).stem,
+        lr=cfg.LEARNING_RATE,
+        weight_decay=cfg.WEIGHT_DECAY,
+        epochs=cfg.NUM_TRAIN_EPOCHS,
+        batch_size=cfg.BATCH_SIZE,
+        patience=cfg.EARLY_STOPPING_PATIENCE,
+        seed=cfg.SEED,
+        workers=cfg.NUM_WORKERS,
+        use_cpu=cfg.USE_CPU,
+    )
+    logger.info(
+        "Training on %s: %d windows/epoch, batch %d, lr %g, up to %d epochs",
+        trainer.args.device,
+        len(datasets["train"]),
+        cfg.BATCH_SIZE,
+        cfg.LEARNING_RATE,
+        cfg.NUM_TRAIN_EPOCHS,
+    )
     checkpoint = resume_checkpoint(results, _fingerprint(vars(cfg), panel), cfg.FRESH_START)
     pretrained_loss = trainer.evaluate()["eval_loss"]
     train_out = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.remove_callback(EarlyStoppingCallback)
     zero_shot.to(trainer.args.device)
     if trainer.state.best_metric is not None and trainer.state.best_metric >= pretrained_loss:
-        logger.warning("Fine-tuning did not beat the pretrained model on validation (best eval_loss %.4f vs %.4f); "
-                       "keeping the pretrained weights", trainer.state.best_metric, pretrained_loss)
+        logger.warning(
+            "Fine-tuning did not beat the pretrained model on validation (best eval_loss %.4f vs %.4f); "
+            "keeping the pretrained weights",
+            trainer.state.best_metric,
+            pretrained_loss,
+        )
         trainer.model = model = zero_shot
     test_loss = trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_loss"]
     epochs = trainer.state.epoch
-    logger.info("Test loss %.4f (%s, scaled units) after %.0f epochs, %.0f s; pretrained validation loss %.4f, best "
-                "%.4f", test_loss, model.config.loss, epochs, train_out.metrics["train_runtime"], pretrained_loss,
-                trainer.state.best_metric)
+    logger.info(
+        "Test loss %.4f (%s, scaled units) after %.0f epochs, %.0f s; pretrained validation loss %.4f, best %.4f",
+        test_loss,
+        model.config.loss,
+        epochs,
+        train_out.metrics["train_runtime"],
+        pretrained_loss,
+        trainer.state.best_metric,
+    )
     valid_pred = forecast_scaled(model, scaled, panel.start, split.valid, horizon=cfg.PREDICTION_LENGTH)
     valid_true = gather_windows(scaled, panel.start, *split.valid, context=0, horizon=cfg.PREDICTION_LENGTH)
     conformal = fit_intervals(valid_true["future_values"].numpy(), valid_pred, cfg.INTERVAL_LEVEL)
-    point, lower, upper = predict_with_intervals(model, scaled, panel, split.test, mean, scale, conformal,
-                                                 cfg.PREDICTION_LENGTH)
-    methods = {"fine_tuned": point,
-               "zero_shot": unscale(forecast_scaled(zero_shot, scaled, panel.start, split.test,
-                                                    horizon=cfg.PREDICTION_LENGTH), mean[split.test[0]],
-                                    scale[split.test[0]]),
-               **baseline_forecasts(panel.values, panel.start, split.test, cfg.PREDICTION_LENGTH)}
+    point, lower, upper = predict_with_intervals(
+        model, scaled, panel, split.test, mean, scale, conformal, cfg.PREDICTION_LENGTH
+    )
+    methods = {
+        "fine_tuned": point,
+        "zero_shot": unscale(
+            forecast_scaled(zero_shot, scaled, panel.start, split.test, horizon=cfg.PREDICTION_LENGTH),
+            mean[split.test[0]],
+            scale[split.test[0]],
+        ),
+        **baseline_forecasts(panel.values, panel.start, split.test, cfg.PREDICTION_LENGTH),
+    }
     per_series, overall = evaluate_methods(panel, split, methods)
-    metrics = {"test_loss": test_loss, "epochs": epochs, "train_runtime_s": train_out.metrics["train_runtime"],
-               "trainable_fraction": trainable, "n_series": len(panel.keys), "n_test_series": len(split.test[0]),
-               "test_window_start": str(panel.dates[split.test_start].date()), "metrics": overall}
+    metrics = {
+        "test_loss": test_loss,
+        "epochs": epochs,
+        "train_runtime_s": train_out.metrics["train_runtime"],
+        "trainable_fraction": trainable,
+        "n_series": len(panel.keys),
+        "n_test_series": len(split.test[0]),
+        "test_window_start": str(panel.dates[split.test_start].date()),
+        "metrics": overall,
+    }
     if conformal is not None:
         y_test = panel.values[split.test[0][:, None], split.test_start + np.arange(cfg.PREDICTION_LENGTH)]
         coverage = ((y_test >= lower) & (y_test <= upper)).mean(axis=(0, 1))
@@ -756,14 +1074,29 @@ def run_train(cfg) -> dict:
     report_metrics(per_series, metrics, results, trainer)
 
     all_series = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    future = forecast_frame(panel, *predict_with_intervals(model, scaled, panel, all_series, mean, scale, conformal,
-                                                           cfg.PREDICTION_LENGTH),
-                            date_column=cfg.DATE_COLUMN, new_series=np.zeros(len(panel.keys), bool))
+    future = forecast_frame(
+        panel,
+        *predict_with_intervals(model, scaled, panel, all_series, mean, scale, conformal, cfg.PREDICTION_LENGTH),
+        date_column=cfg.DATE_COLUMN,
+        new_series=np.zeros(len(panel.keys), bool),
+    )
     future.to_csv(results / "previsoes.csv", index=False)
-    logger.info("Wrote %s: %d series x %d weeks from %s", results / "previsoes.csv", len(panel.keys),
-                cfg.PREDICTION_LENGTH, future[cfg.DATE_COLUMN].min().date())
-    plot_results(panel, future, overall, results / "plots", top_n=cfg.PLOT_TOP_SERIES, date_column=cfg.DATE_COLUMN,
-                 level=cfg.INTERVAL_LEVEL)
+    logger.info(
+        "Wrote %s: %d series x %d weeks from %s",
+        results / "previsoes.csv",
+        len(panel.keys),
+        cfg.PREDICTION_LENGTH,
+        future[cfg.DATE_COLUMN].min().date(),
+    )
+    plot_results(
+        panel,
+        future,
+        overall,
+        results / "plots",
+        top_n=cfg.PLOT_TOP_SERIES,
+        date_column=cfg.DATE_COLUMN,
+        level=cfg.INTERVAL_LEVEL,
+    )
     settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "model_context_length": model.config.context_length}
     save_artifacts(model, tsp, conformal, settings, final_dir)
     return metrics
@@ -779,15 +1112,20 @@ def report_metrics(per_series: pd.DataFrame, metrics: dict, results: Path, train
     lines = [f"{'target':<12} {'method':<15} {'WAPE':>7} {'MASE':>7} {'MAE':>10} {'bias':>7}"]
     for target, by_method in metrics["metrics"].items():
         for method, m in by_method.items():
-            lines.append(f"{target:<12} {method:<15} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} "
-                         f"{m['bias']:>+7.3f}")
+            lines.append(
+                f"{target:<12} {method:<15} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} {m['bias']:>+7.3f}"
+            )
             for name, value in m.items():
                 writer.add_scalar(f"test/{target}/{method}/{name}", value, int(trainer.state.global_step))
     writer.close()
     coverage = metrics.get("interval_coverage")
-    logger.info("Test window from %s, %d series (original units, forecasts clipped at 0):\n%s%s",
-                metrics["test_window_start"], metrics["n_test_series"], "\n".join(lines),
-                f"\n{100 * metrics['interval_level']:.0f}% interval coverage: {coverage}" if coverage else "")
+    logger.info(
+        "Test window from %s, %d series (original units, forecasts clipped at 0):\n%s%s",
+        metrics["test_window_start"],
+        metrics["n_test_series"],
+        "\n".join(lines),
+        f"\n{100 * metrics['interval_level']:.0f}% interval coverage: {coverage}" if coverage else "",
+    )
 
 
 def run_predict(cfg) -> dict:
@@ -797,24 +1135,42 @@ def run_predict(cfg) -> dict:
     model, tsp, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR))
     ids, targets = tuple(saved["ID_COLUMNS"]), tuple(saved["TARGET_COLUMNS"])
     sales = read_sales_csv(cfg.DATA_PATH, date_column=saved["DATE_COLUMN"], id_columns=ids, target_columns=targets)
-    panel, _ = resample_weekly(sales, date_column=saved["DATE_COLUMN"], id_columns=ids, target_columns=targets,
-                               anchor=saved["WEEK_ANCHOR"], source=cfg.DATA_PATH)
+    panel, _ = resample_weekly(
+        sales,
+        date_column=saved["DATE_COLUMN"],
+        id_columns=ids,
+        target_columns=targets,
+        anchor=saved["WEEK_ANCHOR"],
+        source=cfg.DATA_PATH,
+    )
     mean, scale, known = scaler_arrays(tsp, panel.keys)
     if not known.all():
         new = np.flatnonzero(~known)
         sub = replace(panel, keys=panel.keys.iloc[new], values=panel.values[new], start=panel.start[new])
         own = fit_group_scaler(sub, fit_end=np.full(len(new), len(panel.dates)), id_columns=ids)
         mean[new], scale[new], _ = scaler_arrays(own, sub.keys)
-        logger.warning("%d series were not in training; scaled on their own history and flagged new_series: %s",
-                       len(new), sub.keys.head(10).to_dict("records"))
+        logger.warning(
+            "%d series were not in training; scaled on their own history and flagged new_series: %s",
+            len(new),
+            sub.keys.head(10).to_dict("records"),
+        )
     scaled = (panel.values - mean[:, None]) / scale[:, None]
     horizon = int(saved["PREDICTION_LENGTH"])
     windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    future = forecast_frame(panel, *predict_with_intervals(model, scaled, panel, windows, mean, scale, conformal,
-                                                           horizon), date_column=saved["DATE_COLUMN"], new_series=~known)
+    future = forecast_frame(
+        panel,
+        *predict_with_intervals(model, scaled, panel, windows, mean, scale, conformal, horizon),
+        date_column=saved["DATE_COLUMN"],
+        new_series=~known,
+    )
     future.to_csv(results / "previsoes.csv", index=False)
-    logger.info("Wrote %s: %d series x %d weeks (%d new series)", results / "previsoes.csv", len(panel.keys),
-                horizon, (~known).sum())
+    logger.info(
+        "Wrote %s: %d series x %d weeks (%d new series)",
+        results / "previsoes.csv",
+        len(panel.keys),
+        horizon,
+        (~known).sum(),
+    )
     return {"n_series": len(panel.keys), "n_new_series": int((~known).sum())}
 
 

@@ -23,8 +23,17 @@ def make_panel(n_products: int = 3, ufs=("SP", "RJ"), n_weeks: int = 80, seed: i
             level = 50 + 30 * p + 10 * u
             units = level * (1 + 0.3 * np.sin(2 * np.pi * np.arange(n_weeks) / 52)) + rng.normal(0, 5, n_weeks)
             units = np.round(np.clip(units, 0, None))
-            rows.append(pd.DataFrame({"date": dates, "produto_cat": f"00{p + 1}", "uf_cat": uf, "vendas": units,
-                                      "faturamento": np.round(units * (3.5 + p), 2)}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "date": dates,
+                        "produto_cat": f"00{p + 1}",
+                        "uf_cat": uf,
+                        "vendas": units,
+                        "faturamento": np.round(units * (3.5 + p), 2),
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -40,9 +49,20 @@ def model_dir(tmp_path_factory) -> str:
         return str(SHARED_MODEL)
     from tsfm_public import TinyTimeMixerConfig, TinyTimeMixerForPrediction
 
-    cfg = TinyTimeMixerConfig(context_length=90, prediction_length=30, patch_length=9, patch_stride=9, d_model=16,
-                              num_layers=2, decoder_d_model=8, decoder_num_layers=1, resolution_prefix_tuning=True,
-                              frequency_token_vocab_size=10, loss="mae", scaling="std")
+    cfg = TinyTimeMixerConfig(
+        context_length=90,
+        prediction_length=30,
+        patch_length=9,
+        patch_stride=9,
+        d_model=16,
+        num_layers=2,
+        decoder_d_model=8,
+        decoder_num_layers=1,
+        resolution_prefix_tuning=True,
+        frequency_token_vocab_size=10,
+        loss="mae",
+        scaling="std",
+    )
     folder = tmp_path_factory.mktemp("tiny_ttm")
     TinyTimeMixerForPrediction(cfg).save_pretrained(folder)
     return str(folder)
@@ -50,7 +70,16 @@ def model_dir(tmp_path_factory) -> str:
 
 def run_args(tmp_path: Path, model_dir: str, data: Path, *extra: str) -> list[str]:
     """Command-line settings for a short CPU run writing under tmp_path."""
-    return [f"--DATA_PATH={data}", f"--PRETRAINED_MODEL={model_dir}", f"--PREDICTION_LENGTH={HORIZON}",
-            "--MIN_CONTEXT_WEEKS=8", "--NUM_TRAIN_EPOCHS=1", "--BATCH_SIZE=32", "--USE_CPU=True",
-            f"--RESULTS_DIR={tmp_path / 'results'}", f"--FINAL_MODEL_DIR={tmp_path / 'final'}", "--PLOT_TOP_SERIES=1",
-            *extra]
+    return [
+        f"--DATA_PATH={data}",
+        f"--PRETRAINED_MODEL={model_dir}",
+        f"--PREDICTION_LENGTH={HORIZON}",
+        "--MIN_CONTEXT_WEEKS=8",
+        "--NUM_TRAIN_EPOCHS=1",
+        "--BATCH_SIZE=32",
+        "--USE_CPU=True",
+        f"--RESULTS_DIR={tmp_path / 'results'}",
+        f"--FINAL_MODEL_DIR={tmp_path / 'final'}",
+        "--PLOT_TOP_SERIES=1",
+        *extra,
+    ]

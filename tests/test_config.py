@@ -31,7 +31,9 @@ def test_strings_and_bools():
 
 
 def test_unknown_key_names_closest():
-    with pytest.raises(ValueError, match=r"command line: unknown setting 'LEARNIG_RATE'; did you mean LEARNING_RATE\?"):
+    with pytest.raises(
+        ValueError, match=r"command line: unknown setting 'LEARNIG_RATE'; did you mean LEARNING_RATE\?"
+    ):
         config.resolve(["--LEARNIG_RATE=0.1"], {})
     with pytest.raises(ValueError, match=r"environment \(TTM_\*\): unknown setting 'BATCH'"):
         config.resolve([], {"TTM_BATCH": "3"})

@@ -13,7 +13,7 @@ from conftest import ROOT, make_panel
 
 from ttm_model import InputError, read_sales_csv, resample_weekly, split_by_time
 
-KW = dict(date_column="date", id_columns=("produto_cat", "uf_cat"), target_columns=("vendas", "faturamento"))
+KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
 
 def _csv(df: pd.DataFrame, **kw) -> bytes:
@@ -47,7 +47,11 @@ def _brazilian(df: pd.DataFrame) -> bytes:
 
 def _thousands() -> bytes:
     df = _base()
-    text = df.assign(faturamento=df["faturamento"].map(lambda v: f"{v * 1000:,.2f}".replace(",", "X").replace(".", ",").replace("X", ".")))
+    text = df.assign(
+        faturamento=df["faturamento"].map(
+            lambda v: f"{v * 1000:,.2f}".replace(",", "X").replace(".", ",").replace("X", ".")
+        )
+    )
     return text.to_csv(index=False, sep=";").encode("utf-8")
 
 
@@ -79,14 +83,23 @@ CORPUS = {  # name: (file bytes | None for special cases, expected outcome "ok" 
     "unparseable date": (GOOD.replace(b"2022-03-06", b"2022-13-45", 1), "error:'date' has unparseable dates at line"),
     "text in number column": (GOOD.replace(b",SP,", b",SP,abc", 1), "error:'vendas' has non-numeric values"),
     "NaN": (_with(lambda d: d.__setitem__("vendas", d["vendas"].where(d.index != 5))), "error:'vendas' has missing"),
-    "negative sales": (_with(lambda d: d.loc.__setitem__((3, "vendas"), -4)), "error:'vendas' has negative values at line\\(s\\) 5"),
-    "returns (negative revenue)": (_with(lambda d: d.loc.__setitem__((7, "faturamento"), -10.0)), "error:'faturamento' has negative"),
+    "negative sales": (
+        _with(lambda d: d.loc.__setitem__((3, "vendas"), -4)),
+        "error:'vendas' has negative values at line\\(s\\) 5",
+    ),
+    "returns (negative revenue)": (
+        _with(lambda d: d.loc.__setitem__((7, "faturamento"), -10.0)),
+        "error:'faturamento' has negative",
+    ),
     "duplicate rows": (_csv(pd.concat([_base(), _base().head(3)])), "warn:3 duplicate"),
     "daily data": (_daily(), "ok"),
     "monthly data": (_monthly(), "error:looks monthly"),
     "unsorted rows": (_csv(_base().sample(frac=1, random_state=1)), "warn:out of date order"),
     "series of one week": (_csv(pd.concat([_base(), _base().tail(1).assign(uf_cat="AM")])), "warn:too new"),
-    "all-zero series": (_csv(pd.concat([_base(), _base().head(40).assign(uf_cat="AC", vendas=0.0, faturamento=0.0)])), "warn:only zeros"),
+    "all-zero series": (
+        _csv(pd.concat([_base(), _base().head(40).assign(uf_cat="AC", vendas=0.0, faturamento=0.0)])),
+        "warn:only zeros",
+    ),
     "huge values": (_csv(_base().assign(faturamento=1e12)), "ok"),
     "product in one UF only": (_csv(pd.concat([_base(), _base().head(40).assign(produto_cat="009")])), "ok"),
     "UTF-8 with BOM": (b"\xef\xbb\xbf" + GOOD, "ok"),
@@ -103,8 +116,9 @@ CORPUS = {  # name: (file bytes | None for special cases, expected outcome "ok" 
 
 def _load_split(path):
     df = read_sales_csv(str(path), **KW)
-    panel, _ = resample_weekly(df, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"],
-                               source=str(path))
+    panel, _ = resample_weekly(
+        df, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"], source=str(path)
+    )
     split_by_time(panel, horizon=8, min_context=8, stride=1)
     return df, panel
 
@@ -179,8 +193,13 @@ def test_unreadable_file(tmp_path):
 def test_cli_error_is_one_line_without_traceback(name, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(CORPUS[name][0])
-    run = subprocess.run([sys.executable, str(ROOT / "ttm_model.py"), f"--DATA_PATH={path}"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ttm_model.py"), f"--DATA_PATH={path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
@@ -190,6 +209,11 @@ def test_cli_error_is_one_line_without_traceback(name, tmp_path):
 def test_cli_debug_shows_traceback(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(CORPUS["missing column"][0])
-    run = subprocess.run([sys.executable, str(ROOT / "ttm_model.py"), f"--DATA_PATH={path}", "--DEBUG=True"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ttm_model.py"), f"--DATA_PATH={path}", "--DEBUG=True"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode != 0 and "Traceback" in run.stderr and "InputError" in run.stderr

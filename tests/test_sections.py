@@ -7,8 +7,18 @@ import torch
 from conftest import HORIZON, make_panel
 from tsfm_public import ForecastDFDataset
 
-from ttm_model import (InputError, WindowDataset, build_model, fit_group_scaler, gather_windows, resample_weekly,
-                       scaler_arrays, split_by_time, steps_per_epoch, unfreeze_only)
+from ttm_model import (
+    InputError,
+    WindowDataset,
+    build_model,
+    fit_group_scaler,
+    gather_windows,
+    resample_weekly,
+    scaler_arrays,
+    split_by_time,
+    steps_per_epoch,
+    unfreeze_only,
+)
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
 
@@ -96,11 +106,24 @@ def test_windows_equal_forecastdfdataset(panel_df):
     panel, _ = _panel(panel_df)
     context = 20
     series = np.zeros(80 - context - HORIZON + 1, dtype=int)
-    ours = WindowDataset(panel.values, panel.start, (series, np.arange(context, 80 - HORIZON + 1)), context=context,
-                         horizon=HORIZON, freq_token=9)
+    ours = WindowDataset(
+        panel.values,
+        panel.start,
+        (series, np.arange(context, 80 - HORIZON + 1)),
+        context=context,
+        horizon=HORIZON,
+        freq_token=9,
+    )
     one = panel_df[(panel_df["produto_cat"] == "001") & (panel_df["uf_cat"] == "RJ")]
-    theirs = ForecastDFDataset(one, timestamp_column="date", id_columns=list(IDS), target_columns=list(TARGETS),
-                               context_length=context, prediction_length=HORIZON, frequency_token=9)
+    theirs = ForecastDFDataset(
+        one,
+        timestamp_column="date",
+        id_columns=list(IDS),
+        target_columns=list(TARGETS),
+        context_length=context,
+        prediction_length=HORIZON,
+        frequency_token=9,
+    )
     assert len(ours) == len(theirs)
     for i in (0, 17, len(ours) - 1):
         for key in ("past_values", "future_values", "past_observed_mask", "freq_token"):

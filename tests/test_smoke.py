@@ -32,8 +32,14 @@ def trained(tmp_path_factory, model_dir):
 def test_training_run_writes_everything(trained):
     tmp, data, metrics = trained
     final, results = tmp / "final", tmp / "results"
-    assert {"config.json", "model.safetensors", "preprocessor.pkl", "settings.json", "manifest.json",
-            "conformal_config.json"} <= set(os.listdir(final))
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor.pkl",
+        "settings.json",
+        "manifest.json",
+        "conformal_config.json",
+    } <= set(os.listdir(final))
     assert metrics["test_loss"] > 0 and metrics["epochs"] == 1
     assert set(metrics["metrics"]) == {"vendas", "faturamento"}
     assert set(metrics["metrics"]["vendas"]) == {"fine_tuned", "zero_shot", "seasonal_naive", "naive"}
@@ -52,7 +58,9 @@ def test_forecast_file(trained):
         assert list(rows["date"]) == list(pd.date_range(last, periods=HORIZON + 1, freq="W-SUN")[1:])
     assert set(future["produto_cat"]) == {"001", "002", "003"}  # text ids kept as given
     for target in ("vendas", "faturamento"):
-        assert (future[f"{target}_lower"] <= future[target]).all() and (future[target] <= future[f"{target}_upper"]).all()
+        assert (future[f"{target}_lower"] <= future[target]).all() and (
+            future[target] <= future[f"{target}_upper"]
+        ).all()
         assert (future[f"{target}_lower"] >= 0).all()
     assert 0 <= metrics["interval_coverage"]["vendas"] <= 1
 
@@ -60,8 +68,9 @@ def test_forecast_file(trained):
 def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
     tmp, data, _ = trained
     out = tmp_path / "pred"
-    ttm_model.main(["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
-                    f"--RESULTS_DIR={out}"])
+    ttm_model.main(
+        ["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={out}"]
+    )
     ours = pd.read_csv(out / "previsoes.csv")
     theirs = pd.read_csv(tmp / "results" / "previsoes.csv")
     pd.testing.assert_frame_equal(ours, theirs, rtol=1e-5)
@@ -70,11 +79,19 @@ def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
 def test_predict_flags_unseen_series(trained, tmp_path):
     tmp, data, _ = trained
     df = make_panel()
-    new = df[(df["produto_cat"] == "001") & (df["uf_cat"] == "SP")].assign(uf_cat="AM", vendas=lambda d: d["vendas"] * 3)
+    new = df[(df["produto_cat"] == "001") & (df["uf_cat"] == "SP")].assign(
+        uf_cat="AM", vendas=lambda d: d["vendas"] * 3
+    )
     path = tmp_path / "novos.csv"
     pd.concat([df, new]).to_csv(path, index=False)
-    ttm_model.main(["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
-                    f"--RESULTS_DIR={tmp_path / 'out'}"])
+    ttm_model.main(
+        [
+            "--MODE=predict",
+            f"--DATA_PATH={path}",
+            f"--FINAL_MODEL_DIR={tmp / 'final'}",
+            f"--RESULTS_DIR={tmp_path / 'out'}",
+        ]
+    )
     future = pd.read_csv(tmp_path / "out" / "previsoes.csv")
     assert len(future) == 7 * HORIZON
     assert future.groupby("uf_cat")["new_series"].all().to_dict() == {"AM": True, "RJ": False, "SP": False}
@@ -88,17 +105,34 @@ def test_predict_mode_errors(trained, tmp_path):
     monthly = tmp_path / "monthly.csv"
     months = pd.date_range("2020-01-31", periods=30, freq="ME")
     pd.DataFrame({"date": months, "produto_cat": "001", "uf_cat": "SP", "vendas": 1.0, "faturamento": 2.0}).to_csv(
-        monthly, index=False)
+        monthly, index=False
+    )
     with pytest.raises(ttm_model.InputError, match="looks monthly"):
-        ttm_model.run_predict(ttm_model.config.resolve(["--MODE=predict", f"--DATA_PATH={monthly}",
-                                                        f"--FINAL_MODEL_DIR={tmp / 'final'}",
-                                                        f"--RESULTS_DIR={tmp_path}"], {}))
+        ttm_model.run_predict(
+            ttm_model.config.resolve(
+                [
+                    "--MODE=predict",
+                    f"--DATA_PATH={monthly}",
+                    f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                    f"--RESULTS_DIR={tmp_path}",
+                ],
+                {},
+            )
+        )
     no_revenue = tmp_path / "no_rev.csv"
     make_panel().drop(columns="faturamento").to_csv(no_revenue, index=False)
     with pytest.raises(ttm_model.InputError, match="missing column\\(s\\) 'faturamento'"):
-        ttm_model.run_predict(ttm_model.config.resolve(["--MODE=predict", f"--DATA_PATH={no_revenue}",
-                                                        f"--FINAL_MODEL_DIR={tmp / 'final'}",
-                                                        f"--RESULTS_DIR={tmp_path}"], {}))
+        ttm_model.run_predict(
+            ttm_model.config.resolve(
+                [
+                    "--MODE=predict",
+                    f"--DATA_PATH={no_revenue}",
+                    f"--FINAL_MODEL_DIR={tmp / 'final'}",
+                    f"--RESULTS_DIR={tmp_path}",
+                ],
+                {},
+            )
+        )
 
 
 def test_forecasts_equal_granite_pipeline(trained, tmp_path):
@@ -108,12 +142,19 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     df = make_panel(n_weeks=120)  # longer than the model's 90-week context: no padding on either side
     path = tmp_path / "long.csv"
     df.to_csv(path, index=False)
-    ttm_model.main(["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}",
-                    f"--RESULTS_DIR={tmp_path}"])
+    ttm_model.main(
+        ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
+    )
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
     model, tsp, _, _ = ttm_model.load_artifacts(tmp / "final")
-    pipe = TimeSeriesForecastingPipeline(model, feature_extractor=tsp, context_length=model.config.context_length,
-                                         prediction_length=HORIZON, add_known_ground_truth=False, device="cpu")
+    pipe = TimeSeriesForecastingPipeline(
+        model,
+        feature_extractor=tsp,
+        context_length=model.config.context_length,
+        prediction_length=HORIZON,
+        add_known_ground_truth=False,
+        device="cpu",
+    )
     theirs = pipe(df).groupby(["produto_cat", "uf_cat"]).tail(1).sort_values(["produto_cat", "uf_cat"])
     for target in ("vendas", "faturamento"):
         expected = np.clip(np.stack(theirs[target].to_numpy()), 0, None)
