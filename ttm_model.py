@@ -9,6 +9,7 @@ Sections: (1) load, (2) weekly resampling + per product-UF scaling, (3) split, (
 then evaluation against baselines and the forecast of the next PREDICTION_LENGTH weeks. Settings: config.py.
 """
 
+import copy
 import csv
 import difflib
 import hashlib
@@ -51,7 +52,8 @@ class InputError(ValueError):
 
 def _sniff_csv(path: Path) -> tuple[str, str, str]:
     """Return (encoding, separator, decimal mark) of a CSV file from its first 64 KB."""
-    head = path.read_bytes()[:65536]
+    with path.open("rb") as f:
+        head = f.read(65536)
     encoding = "utf-8-sig"
     try:
         text = head.decode(encoding)
@@ -973,13 +975,7 @@ def run_train(cfg) -> dict:
         prefer_l1=cfg.PREFER_L1_LOSS,
         num_channels=len(cfg.TARGET_COLUMNS),
     )
-    zero_shot = build_model(
-        cfg.PRETRAINED_MODEL,
-        context_length=cfg.CONTEXT_LENGTH,
-        prediction_length=cfg.PREDICTION_LENGTH,
-        prefer_l1=cfg.PREFER_L1_LOSS,
-        num_channels=len(cfg.TARGET_COLUMNS),
-    )
+    zero_shot = copy.deepcopy(model)  # the same pretrained weights, kept untouched for the comparison
     trainable = unfreeze_only(model, cfg.TRAINABLE_LAYERS)
     token = freq_token_for(model)
     datasets = {
