@@ -13,11 +13,11 @@ import copy
 import csv
 import difflib
 import hashlib
-import io
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -25,7 +25,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -40,7 +39,7 @@ import config
 logger = logging.getLogger("ttm_model")
 
 WEEKLY_FREQ_TOKEN = 9  # tsfm_public DEFAULT_FREQUENCY_MAPPING["W"]
-PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn", "joblib")
+PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn")
 
 
 class InputError(ValueError):
@@ -50,8 +49,8 @@ class InputError(ValueError):
 # ---- 1. load ----------------------------------------------------------------------------------------------------
 
 
-def _sniff_csv(path: Path) -> tuple[str, str, str]:
-    """Return (encoding, separator, decimal mark) of a CSV file from its first 64 KB."""
+def _sniff_csv(path: Path) -> tuple[str, str, str, str]:
+    """Return (encoding, separator, decimal mark, header line) of a CSV file from its first 64 KB."""
     with path.open("rb") as f:
         head = f.read(65536)
     encoding = "utf-8-sig"
@@ -64,7 +63,7 @@ def _sniff_csv(path: Path) -> tuple[str, str, str]:
     header = text.splitlines()[0] if text.strip() else ""
     sep = max((";", ",", "\t"), key=header.count)
     decimal = "," if sep != "," and any(_has_decimal_comma(line, sep) for line in text.splitlines()[1:200]) else "."
-    return encoding, sep, decimal
+    return encoding, sep, decimal, header
 
 
 def _has_decimal_comma(line: str, sep: str) -> bool:
@@ -79,6 +78,12 @@ def _rows(mask: pd.Series | np.ndarray, limit: int = 5) -> str:
     lines = np.flatnonzero(np.asarray(mask)) + 2
     more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
     return f"line(s) {', '.join(map(str, lines[:limit]))}{more}"
+
+
+def _strip(text: pd.Series) -> pd.Series:
+    """str.strip on the distinct values only (ids and dates repeat: 25x faster than .str.strip on every row)."""
+    codes, uniques = pd.factorize(text)
+    return pd.Series(uniques.str.strip().to_numpy()[codes], index=text.index)
 
 
 def _parse_dates(text: pd.Series, path: str, column: str) -> pd.Series:
@@ -145,25 +150,20 @@ def read_sales_csv(
     if file.is_dir():
         raise InputError(f"{path}: is a folder, not a CSV file; set --DATA_PATH to the CSV inside it")
     try:
-        encoding, sep, decimal = _sniff_csv(file)
-        text = file.read_text(encoding=encoding)
+        encoding, sep, decimal, header_line = _sniff_csv(file)
     except OSError as err:
         raise InputError(f"{path}: cannot be read ({err.strerror}); check the file's permissions") from err
-    if not text.strip():
+    if not header_line.strip():
         raise InputError(f"{path}: file is empty; expected a header line and one row per week, product and UF")
     thousands = "." if decimal == "," else ("," if sep != "," else None)
-    header = next(csv.reader([text.splitlines()[0]], delimiter=sep))
+    header = next(csv.reader([header_line], delimiter=sep))
     text_columns = {raw.lstrip(): str for raw in header if raw.strip().lower() not in target_columns}  # ids, dates
+    read = {"sep": sep, "decimal": decimal, "thousands": thousands, "dtype": text_columns, "keep_default_na": False}
     try:
-        df = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            decimal=decimal,
-            thousands=thousands,
-            dtype=text_columns,
-            keep_default_na=False,
-            skipinitialspace=True,
-        )
+        try:
+            df = pd.read_csv(file, encoding=encoding, skipinitialspace=True, **read)
+        except UnicodeDecodeError:  # a non-UTF-8 character after the first 64 KB
+            df = pd.read_csv(file, encoding="latin-1", skipinitialspace=True, **read)
     except (pd.errors.ParserError, csv.Error) as err:
         raise InputError(
             f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV with ',' or ';' separators"
@@ -185,20 +185,15 @@ def read_sales_csv(
         logger.warning("%s: ignoring extra column(s) %s", path, extra)
     if df.empty:
         raise InputError(f"{path}: header only, no data rows; add at least one row per week, product and UF")
-    out = pd.DataFrame({date_column: _parse_dates(df[date_column].str.strip(), path, date_column)})
+    out = pd.DataFrame({date_column: _parse_dates(_strip(df[date_column]), path, date_column)})
     for col in id_columns:
-        out[col] = df[col].str.strip()
+        out[col] = _strip(df[col])
         if (out[col] == "").any():
             raise InputError(f"{path}: column {col!r} is empty at {_rows(out[col] == '')}; fill in the id")
     for col in target_columns:
         out[col] = _parse_numbers(df[col], path=path, column=col, decimal=decimal, thousands=thousands)
     logger.info(
-        "Loaded %s: %d rows, %d series, %s to %s",
-        path,
-        len(out),
-        out.groupby(list(id_columns)).ngroups,
-        out[date_column].min().date(),
-        out[date_column].max().date(),
+        "Loaded %s: %d rows, %s to %s", path, len(out), out[date_column].min().date(), out[date_column].max().date()
     )
     return out
 
@@ -260,10 +255,10 @@ class Panel:
     targets: tuple
 
 
-def _week_anchor(dates: pd.Series, anchor: str) -> str:
+def _week_anchor(day_of_week: np.ndarray, anchor: str) -> str:
     if anchor != "auto":
         return anchor
-    days = dates.dt.dayofweek.unique()
+    days = np.unique(day_of_week)
     return "W-" + ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")[days[0]] if len(days) == 1 else "W-SUN"
 
 
@@ -276,33 +271,43 @@ def resample_weekly(
     anchor: str = "auto",
     source: str = "data",
 ) -> tuple[Panel, str]:
-    """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used."""
-    ids = list(id_columns)
-    out_of_order = int((df.groupby(ids)[date_column].diff().dt.days < 0).sum())
+    """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used.
+
+    Integer week numbers and np.bincount instead of groupby + resample: 0.03 s instead of 0.4 s on 2,000 series x
+    260 weeks (tests/benchmarks/bench_predict.py); a test checks the result against pandas.
+    """
+    ids, targets = list(id_columns), list(target_columns)
+    day = df[date_column].to_numpy("datetime64[D]").astype(np.int64)  # days since 1970-01-01, a Thursday
+    day_of_week = (day + 3) % 7  # Monday = 0
+    anchor = _week_anchor(day_of_week, anchor)
+    week_end = day + (pd.tseries.frequencies.to_offset(anchor).weekday - day_of_week) % 7
+    col = (week_end - week_end.min()) // 7
+    codes = df.groupby(ids, sort=True).ngroup().to_numpy()
+    by_series = np.argsort(codes, kind="stable")  # file order inside each series
+    same_series = np.diff(codes[by_series]) == 0
+    keys = df[ids].iloc[by_series[np.r_[True, ~same_series]]].reset_index(drop=True)
+    n_series, n_weeks = len(keys), int(col.max()) + 1
+    out_of_order = int((same_series & (np.diff(day[by_series]) < 0)).sum())
     if out_of_order:
         logger.warning("%s: %d rows were out of date order within their series; sorted", source, out_of_order)
-    anchor = _week_anchor(df[date_column], anchor)
-    week = df[date_column].dt.to_period(anchor).dt.end_time.dt.normalize()
-    duplicated = int(df.duplicated([*ids, date_column]).sum())
+    duplicated = int((np.diff(np.sort(codes * (day.max() - day.min() + 1) + day)) == 0).sum())
     if duplicated:
         logger.warning("%s: %d duplicate (date, %s) rows were summed", source, duplicated, ", ".join(ids))
-    weekly = df.assign(**{date_column: week}).groupby([*ids, date_column], sort=True)[list(target_columns)].sum()
-    weekly = weekly.reset_index()
-    dates = pd.date_range(weekly[date_column].min(), weekly[date_column].max(), freq=anchor)
-    codes = weekly.groupby(ids, sort=True).ngroup().to_numpy()
-    keys = weekly[ids].drop_duplicates().reset_index(drop=True)
-    col = ((weekly[date_column] - dates[0]).dt.days // 7).to_numpy()
-    values = np.zeros((len(keys), len(dates), len(target_columns)))
-    values[codes, col] = weekly[list(target_columns)].to_numpy()
-    gaps = np.diff(col)[np.diff(codes) == 0]  # weeks between consecutive weeks with rows, inside each series
+    cell = codes * n_weeks + col
+    values = np.stack(
+        [np.bincount(cell, weights=df[t].to_numpy(), minlength=n_series * n_weeks) for t in targets], axis=-1
+    ).reshape(n_series, n_weeks, len(targets))
+    present = (np.bincount(cell, minlength=n_series * n_weeks) > 0).reshape(n_series, n_weeks)
+    rows_s, rows_t = np.nonzero(present)
+    gaps = np.diff(rows_t)[np.diff(rows_s) == 0]  # weeks between consecutive weeks with rows, inside each series
     if len(gaps) and np.median(gaps) >= 2:
         raise InputError(
             f"{source}: column {date_column!r}: rows are {7 * np.median(gaps):.0f} days apart (median), "
             "which looks monthly; this tool needs weekly or daily rows"
         )
-    start = np.full(len(keys), len(dates))
-    np.minimum.at(start, codes, col)
-    filled = int((len(dates) - start).sum() - len(weekly))
+    start = present.argmax(axis=1)
+    dates = pd.date_range(pd.Timestamp(week_end.min(), unit="D"), periods=n_weeks, freq=anchor)
+    filled = int((n_weeks - start).sum() - len(rows_s))
     all_zero = ~values.any(axis=(1, 2))
     if all_zero.any():
         logger.warning(
@@ -314,12 +319,12 @@ def resample_weekly(
     logger.info(
         "Weekly (%s): %d series x %d weeks (%s to %s); %d input rows -> %d series-weeks, %d missing weeks set to 0",
         anchor,
-        len(keys),
-        len(dates),
+        n_series,
+        n_weeks,
         dates[0].date(),
         dates[-1].date(),
         len(df),
-        len(weekly),
+        len(rows_s),
         filled,
     )
     return Panel(keys, dates, values, start, tuple(target_columns)), anchor
@@ -626,7 +631,8 @@ def save_artifacts(
     staging, backup = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".bak")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    joblib.dump(tsp, staging / "preprocessor.pkl")
+    with open(staging / "preprocessor.pkl", "wb") as f:  # plain pickle: loads 10x faster than joblib's
+        pickle.dump(tsp, f, protocol=pickle.HIGHEST_PROTOCOL)
     if conformal is not None:
         conformal.save_pretrained(staging)
     (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
@@ -673,7 +679,9 @@ def load_artifacts(
     conformal_file = final_dir / PostHocProbabilisticProcessor.PROCESSOR_NAME
     conformal = PostHocProbabilisticProcessor.from_pretrained(final_dir) if conformal_file.exists() else None
     settings = json.loads((final_dir / "settings.json").read_text(encoding="utf-8"))
-    return model, joblib.load(final_dir / "preprocessor.pkl"), conformal, settings
+    with open(final_dir / "preprocessor.pkl", "rb") as f:
+        tsp = pickle.load(f)
+    return model, tsp, conformal, settings
 
 
 # ---- evaluation and forecast ----------------------------------------------------------------------------------------
@@ -687,11 +695,15 @@ def forecast_scaled(
     windows: tuple[np.ndarray, np.ndarray],
     *,
     horizon: int,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> np.ndarray:
-    """Point forecasts, shape (windows, horizon, targets), in scaled units."""
+    """Point forecasts, shape (windows, horizon, targets), in scaled units.
+
+    batch_size None: 128 windows on CPU (1,300 series/s on 2 cores against 1,000 at 1,024), 4,096 on GPU.
+    """
     model.eval()
     device, token = next(model.parameters()).device, freq_token_for(model)
+    batch_size = batch_size or (128 if device.type == "cpu" else 4096)
     series, cuts = windows
     out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
     for i in range(0, len(series), batch_size):
@@ -823,6 +835,14 @@ def forecast_frame(
             frame[f"{target}_upper"] = upper[..., c].ravel()
     frame["new_series"] = np.repeat(new_series, horizon)
     return frame
+
+
+def write_forecasts(frame: pd.DataFrame, path: Path, *, date_column: str) -> None:
+    """previsoes.csv with dates as YYYY-MM-DD and 4 decimals (formatting is most of the write time), atomically."""
+    codes, dates = pd.factorize(frame[date_column])
+    out = frame.round(4).assign(**{date_column: dates.strftime("%Y-%m-%d").to_numpy()[codes]})
+    out.to_csv(path.with_name(path.name + ".tmp"), index=False)
+    path.with_name(path.name + ".tmp").replace(path)
 
 
 def plot_results(
@@ -1076,7 +1096,7 @@ def run_train(cfg) -> dict:
         date_column=cfg.DATE_COLUMN,
         new_series=np.zeros(len(panel.keys), bool),
     )
-    future.to_csv(results / "previsoes.csv", index=False)
+    write_forecasts(future, results / "previsoes.csv", date_column=cfg.DATE_COLUMN)
     logger.info(
         "Wrote %s: %d series x %d weeks from %s",
         results / "previsoes.csv",
@@ -1159,7 +1179,7 @@ def run_predict(cfg) -> dict:
         date_column=saved["DATE_COLUMN"],
         new_series=~known,
     )
-    future.to_csv(results / "previsoes.csv", index=False)
+    write_forecasts(future, results / "previsoes.csv", date_column=saved["DATE_COLUMN"])
     logger.info(
         "Wrote %s: %d series x %d weeks (%d new series)",
         results / "previsoes.csv",

@@ -217,3 +217,14 @@ def test_cli_debug_shows_traceback(tmp_path):
         timeout=300,
     )
     assert run.returncode != 0 and "Traceback" in run.stderr and "InputError" in run.stderr
+
+
+def test_latin1_character_after_the_sniffed_head(tmp_path):
+    """The encoding is guessed from the first 64 KB; a Latin-1 byte further down is still read, not a traceback."""
+    df = make_panel(n_products=40, ufs=("SP", "RJ", "MG"), n_weeks=60)
+    body = _csv(df) + "2023-03-05,999,São Paulo,1,2\n".encode("latin-1")
+    assert len(body) > 65536 and b"\xe3" in body[65536:]
+    path = tmp_path / "late_latin1.csv"
+    path.write_bytes(body)
+    out = read_sales_csv(str(path), **KW)
+    assert len(out) == len(df) + 1 and out["uf_cat"].iloc[-1] == "São Paulo"

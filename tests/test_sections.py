@@ -45,6 +45,34 @@ def test_weekly_input_keeps_its_weekday():
     np.testing.assert_allclose(panel.values.sum(), df[list(TARGETS)].to_numpy().sum())
 
 
+@pytest.mark.parametrize("anchor", ["auto", "W-WED"])
+def test_resample_equals_pandas_groupby_resample(anchor, caplog):
+    """Messy daily rows (shuffled, duplicated, gaps, late starters) give pandas' groupby + resample sums."""
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2023-01-03", periods=400, freq="D")
+    rows = pd.DataFrame(
+        {
+            "date": rng.choice(days, 3000),
+            "produto_cat": rng.choice(["10", "2", "B"], 3000),
+            "uf_cat": rng.choice(["SP", "RJ", "MG", "BA"], 3000),
+            "vendas": rng.integers(0, 9, 3000).astype(float),
+            "faturamento": rng.random(3000) * 100,
+        }
+    )
+    rows = rows[~((rows["produto_cat"] == "B") & (rows["date"] < "2023-09-01"))]  # a series that starts late
+    panel, used = resample_weekly(rows, date_column="date", id_columns=IDS, target_columns=TARGETS, anchor=anchor)
+    expected = rows.set_index("date").groupby(list(IDS))[list(TARGETS)].resample(used).sum().reset_index()
+    assert "duplicate" in caplog.text and "out of date order" in caplog.text
+    assert panel.keys.to_dict("records") == expected[list(IDS)].drop_duplicates().to_dict("records")
+    for s, key in enumerate(panel.keys.itertuples(index=False)):
+        one = expected[(expected["produto_cat"] == key.produto_cat) & (expected["uf_cat"] == key.uf_cat)]
+        t = panel.dates.get_indexer(one["date"])
+        assert (t >= 0).all() and panel.start[s] == t.min()
+        np.testing.assert_allclose(panel.values[s, t], one[list(TARGETS)].to_numpy())
+        np.testing.assert_array_equal(panel.values[s, : t.min()], 0)
+    assert panel.values.sum(axis=(0, 1)) == pytest.approx(rows[list(TARGETS)].sum().to_numpy())
+
+
 def test_split_no_leakage_and_every_combination(panel_df):
     panel, _ = _panel(panel_df)
     split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
