@@ -36,6 +36,7 @@ WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for
 # --- 3. split ----------------------------------------------------------------
 MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start
 TRAIN_STRIDE: int = 4  # weeks between training windows of a series (1 = every window, 4x slower)
+MAX_TRAIN_WINDOWS: int = 10000  # cap per epoch: the stride grows on big panels (0 = no cap)
 
 # --- 4. model ----------------------------------------------------------------
 PRETRAINED_MODEL: str = (
@@ -44,7 +45,7 @@ PRETRAINED_MODEL: str = (
 CONTEXT_LENGTH: int = 104  # weeks of history available; the model reads its own (90) last weeks
 PREDICTION_LENGTH: int = 26  # weeks forecast
 PREFER_L1_LOSS: bool = True  # hub only: pick the variant trained with L1 loss (better on sales)
-TRAINABLE_LAYERS: tuple = ("fc1", "fc2")  # parameter-name parts left trainable; all else frozen
+TRAINABLE_LAYERS: tuple = ("fc1", "fc2")  # parameter-name parts (or globs: "decoder*fc1") trained; rest frozen
 
 # --- 5. training -------------------------------------------------------------
 LEARNING_RATE: float = 1e-3  # OneCycleLR max_lr (same value given to AdamW)

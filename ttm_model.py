@@ -12,6 +12,7 @@ then evaluation against baselines and the forecast of the next PREDICTION_LENGTH
 import copy
 import csv
 import difflib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import pickle
 import shutil
 import sys
+import time
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -375,8 +377,11 @@ class Split:
     fit_end: np.ndarray  # per series: scaler fitted on weeks before this (never test weeks for evaluated series)
 
 
-def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int) -> Split:
+def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int, max_windows: int = 0) -> Split:
     """Cut every series at the same dates: the last `horizon` weeks test, the `horizon` before validation.
+
+    Training windows end every `stride` weeks back from the validation window; the stride grows until there are at
+    most `max_windows` of them (0: no limit), since neighbouring windows share all but `stride` weeks.
 
     Raises:
         InputError: if the calendar is too short for a test and a validation window after min_context weeks.
@@ -392,7 +397,23 @@ def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int) 
     first_cut = panel.start + min_context
     in_test, in_valid = first_cut <= test_start, first_cut <= valid_start
     last_cut = valid_start - horizon
-    counts = np.where(first_cut <= last_cut, (last_cut - first_cut) // stride + 1, 0)
+
+    def counts_at(stride: int) -> np.ndarray:
+        return np.where(first_cut <= last_cut, (last_cut - first_cut) // stride + 1, 0)
+
+    counts = counts_at(stride)
+    if max_windows and counts.sum() > max_windows:
+        requested = stride
+        stride = max(stride, math.ceil(counts_at(1).sum() / max_windows))
+        while counts_at(stride).sum() > max_windows:
+            stride += 1
+        counts = counts_at(stride)
+        logger.info(
+            "TRAIN_STRIDE %d -> %d so that an epoch has at most MAX_TRAIN_WINDOWS=%d windows",
+            requested,
+            stride,
+            max_windows,
+        )
     train_s = np.repeat(series, counts)
     train_t = last_cut - stride * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
     fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, n_weeks))
@@ -460,21 +481,23 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.series)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {
-            k: v[0]
-            for k, v in gather_windows(
-                self.scaled,
-                self.start,
-                self.series[i : i + 1],
-                self.cuts[i : i + 1],
-                context=self.context,
-                horizon=self.horizon,
-            ).items()
-        }
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A whole batch in one vectorised gather; the DataLoader calls this instead of __getitem__ per window."""
+        idx = np.asarray(indices)
+        batch = gather_windows(
+            self.scaled, self.start, self.series[idx], self.cuts[idx], context=self.context, horizon=self.horizon
+        )
         if self.freq_token is not None:
-            item["freq_token"] = torch.tensor(self.freq_token)
-        return item
+            batch["freq_token"] = torch.full((len(idx),), self.freq_token)
+        return batch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}
+
+
+def collate_windows(batch: dict | list) -> dict[str, torch.Tensor]:
+    """DataLoader collate: WindowDataset.__getitems__ already returns the batch; other datasets are stacked."""
+    return batch if isinstance(batch, dict) else torch.utils.data.default_collate(batch)
 
 
 # ---- 4. model -----------------------------------------------------------------------------------------------------
@@ -530,10 +553,13 @@ def freq_token_for(model: torch.nn.Module) -> int | None:
 
 
 def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
-    """Freeze all parameters except those whose name contains one of name_parts; return the trainable fraction."""
+    """Freeze all parameters except those whose name contains one of name_parts (globs such as "decoder*fc1" too).
+
+    Returns the trainable fraction.
+    """
     params = dict(model.named_parameters())
     for name, p in params.items():
-        p.requires_grad = any(part in name for part in name_parts)
+        p.requires_grad = any(fnmatch.fnmatchcase(name, f"*{part}*") for part in name_parts)
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     if not trainable:
         raise InputError(
@@ -599,6 +625,7 @@ def make_trainer(
         dataloader_num_workers=workers,
         use_cpu=use_cpu,
         label_names=["future_values"],
+        remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
         prediction_loss_only=True,
         save_safetensors=True,
         disable_tqdm=not sys.stderr.isatty(),
@@ -612,6 +639,7 @@ def make_trainer(
         train_dataset=train,
         eval_dataset=valid,
         optimizers=(optimizer, scheduler),
+        data_collator=collate_windows,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
     )
 
@@ -893,6 +921,19 @@ def plot_results(
 # ---- main -----------------------------------------------------------------------------------------------------------
 
 
+class PhaseClock:
+    """Wall time of the run's phases (seconds), for the log and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> float:
+        now = time.perf_counter()
+        self.seconds[phase], self._last = round(now - self._last, 3), now
+        return self.seconds[phase]
+
+
 def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
     """Fail before any work if an output folder is not writable or its disk is nearly full."""
     for folder in dirs:
@@ -970,7 +1011,9 @@ def run_train(cfg) -> dict:
     """Sections 1-5, then evaluation against baselines, the future forecast and the saved model."""
     results, final_dir = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR)
     check_output_dirs([results, final_dir.resolve().parent], cfg.MIN_FREE_DISK_MB)
+    clock = PhaseClock()
     sales = load_sales(cfg, results)  # 1
+    clock.lap("load")
     panel, anchor = resample_weekly(
         sales,
         date_column=cfg.DATE_COLUMN,
@@ -984,10 +1027,12 @@ def run_train(cfg) -> dict:
         horizon=cfg.PREDICTION_LENGTH,
         min_context=cfg.MIN_CONTEXT_WEEKS,  # 3
         stride=cfg.TRAIN_STRIDE,
+        max_windows=cfg.MAX_TRAIN_WINDOWS,
     )
     tsp = fit_group_scaler(panel, fit_end=split.fit_end, id_columns=cfg.ID_COLUMNS)
     mean, scale, _ = scaler_arrays(tsp, panel.keys)
     scaled = (panel.values - mean[:, None]) / scale[:, None]
+    clock.lap("preprocess")
     model = build_model(
         cfg.PRETRAINED_MODEL,
         context_length=cfg.CONTEXT_LENGTH,  # 4
@@ -1033,6 +1078,7 @@ def run_train(cfg) -> dict:
         cfg.NUM_TRAIN_EPOCHS,
     )
     checkpoint = resume_checkpoint(results, _fingerprint(vars(cfg), panel), cfg.FRESH_START)
+    clock.lap("model")
     pretrained_loss = trainer.evaluate()["eval_loss"]
     train_out = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.remove_callback(EarlyStoppingCallback)
@@ -1047,6 +1093,7 @@ def run_train(cfg) -> dict:
         trainer.model = model = zero_shot
     test_loss = trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_loss"]
     epochs = trainer.state.epoch
+    clock.lap("train")
     logger.info(
         "Test loss %.4f (%s, scaled units) after %.0f epochs, %.0f s; pretrained validation loss %.4f, best %.4f",
         test_loss,
@@ -1076,6 +1123,7 @@ def run_train(cfg) -> dict:
         "test_loss": test_loss,
         "epochs": epochs,
         "train_runtime_s": train_out.metrics["train_runtime"],
+        "train_windows_per_s": len(datasets["train"]) * epochs / train_out.metrics["train_runtime"],
         "trainable_fraction": trainable,
         "n_series": len(panel.keys),
         "n_test_series": len(split.test[0]),
@@ -1088,6 +1136,7 @@ def run_train(cfg) -> dict:
         metrics["interval_level"] = cfg.INTERVAL_LEVEL
         metrics["interval_coverage"] = dict(zip(panel.targets, map(float, coverage)))
     report_metrics(per_series, metrics, results, trainer)
+    clock.lap("evaluate")
 
     all_series = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
     future = forecast_frame(
@@ -1097,6 +1146,7 @@ def run_train(cfg) -> dict:
         new_series=np.zeros(len(panel.keys), bool),
     )
     write_forecasts(future, results / "previsoes.csv", date_column=cfg.DATE_COLUMN)
+    metrics["forecast_series_per_s"] = len(panel.keys) / clock.lap("forecast")
     logger.info(
         "Wrote %s: %d series x %d weeks from %s",
         results / "previsoes.csv",
@@ -1114,7 +1164,15 @@ def run_train(cfg) -> dict:
         level=cfg.INTERVAL_LEVEL,
     )
     settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "model_context_length": model.config.context_length}
+    clock.lap("plots")
     save_artifacts(model, tsp, conformal, settings, final_dir)
+    clock.lap("save")
+    metrics["phase_seconds"] = clock.seconds
+    logger.info(
+        "Done in %.0f s (%s)",
+        sum(clock.seconds.values()),
+        ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()),
+    )
     return metrics
 
 

@@ -11,6 +11,7 @@ from ttm_model import (
     InputError,
     WindowDataset,
     build_model,
+    collate_windows,
     fit_group_scaler,
     gather_windows,
     resample_weekly,
@@ -102,6 +103,9 @@ def test_stride_keeps_latest_window(panel_df):
     sparse = split_by_time(panel, horizon=HORIZON, min_context=8, stride=4)
     assert len(sparse.train[0]) == pytest.approx(len(full.train[0]) / 4, abs=len(panel.keys))
     assert sparse.train[1].max() == full.train[1].max() == full.valid_start - HORIZON
+    capped = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1, max_windows=len(full.train[0]) // 5)
+    assert len(full.train[0]) // 6 < len(capped.train[0]) <= len(full.train[0]) // 5
+    assert capped.train[1].max() == full.valid_start - HORIZON and set(capped.train[0]) == set(full.train[0])
 
 
 def test_scaler_fitted_on_train_only(panel_df):
@@ -158,6 +162,25 @@ def test_windows_equal_forecastdfdataset(panel_df):
             torch.testing.assert_close(ours[i][key].float(), theirs[i][key].float())
 
 
+def test_batched_fetch_equals_per_window_items(panel_df):
+    """The DataLoader's one-gather batches (__getitems__ + collate_windows) hold what per-item fetching gives."""
+    panel, _ = _panel(panel_df)
+    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    ds = WindowDataset(panel.values, panel.start, split.train, context=30, horizon=HORIZON, freq_token=9)
+    def sampler():
+        return torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(3))
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=7, sampler=sampler(), collate_fn=collate_windows)
+    order = list(sampler())
+    batches = list(loader)
+    assert len(batches) == -(-len(ds) // 7)
+    for b in (0, len(batches) - 1):
+        expected = torch.utils.data.default_collate([ds[i] for i in order[7 * b : 7 * b + 7]])
+        assert batches[b].keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(batches[b][key], expected[key])
+
+
 def test_padding_is_masked():
     values = np.arange(1, 11, dtype=float).reshape(1, 10, 1)
     batch = gather_windows(values, np.array([4]), np.array([0]), np.array([7]), context=6, horizon=3)
@@ -174,6 +197,9 @@ def test_only_named_layers_trainable(model_dir):
     assert 0 < fraction < 1
     with pytest.raises(InputError, match=r"TRAINABLE_LAYERS=\['nope'\] matched no parameter"):
         unfreeze_only(model, ("nope",))
+    unfreeze_only(model, ("decoder*fc1", "decoder*fc2"))  # a glob: fc1/fc2 of the decoder only
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("decoder.") and (".fc1." in n or ".fc2." in n) for n in names)
 
 
 def test_model_errors_name_the_setting(model_dir):
