@@ -275,7 +275,7 @@ def resample_weekly(
 ) -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used.
 
-    Integer week numbers and np.bincount instead of groupby + resample: 0.03 s instead of 0.4 s on 2,000 series x
+    Integer week numbers and np.bincount instead of groupby + resample: 0.08 s instead of 0.4 s on 2,000 series x
     260 weeks (tests/benchmarks/bench_predict.py); a test checks the result against pandas.
     """
     ids, targets = list(id_columns), list(target_columns)
@@ -403,16 +403,17 @@ def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int, 
 
     counts = counts_at(stride)
     if max_windows and counts.sum() > max_windows:
-        requested = stride
-        stride = max(stride, math.ceil(counts_at(1).sum() / max_windows))
-        while counts_at(stride).sum() > max_windows:
+        requested, widest = stride, max(1, last_cut - first_cut.min() + 1)  # widest: one window per series
+        stride = min(max(stride, math.ceil(counts_at(1).sum() / max_windows)), widest)
+        while counts_at(stride).sum() > max_windows and stride < widest:
             stride += 1
         counts = counts_at(stride)
         logger.info(
-            "TRAIN_STRIDE %d -> %d so that an epoch has at most MAX_TRAIN_WINDOWS=%d windows",
+            "TRAIN_STRIDE %d -> %d so that an epoch has at most MAX_TRAIN_WINDOWS=%d windows%s",
             requested,
             stride,
             max_windows,
+            f" (not possible: {counts.sum()} series need one each)" if counts.sum() > max_windows else "",
         )
     train_s = np.repeat(series, counts)
     train_t = last_cut - stride * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))

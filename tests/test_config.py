@@ -6,7 +6,7 @@ import config
 def test_defaults_match_design_card():
     cfg = config.resolve([], {})
     assert (cfg.CONTEXT_LENGTH, cfg.PREDICTION_LENGTH, cfg.EARLY_STOPPING_PATIENCE) == (104, 26, 15)
-    assert cfg.TARGET_COLUMNS == ("vendas", "faturamento") and cfg.TRAINABLE_LAYERS == ("fc1", "fc2")
+    assert cfg.TARGET_COLUMNS == ("vendas", "faturamento") and cfg.TRAINABLE_LAYERS == ("decoder*fc1", "decoder*fc2")
 
 
 def test_precedence_env_file_env_cli(tmp_path):

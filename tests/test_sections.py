@@ -106,6 +106,9 @@ def test_stride_keeps_latest_window(panel_df):
     capped = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1, max_windows=len(full.train[0]) // 5)
     assert len(full.train[0]) // 6 < len(capped.train[0]) <= len(full.train[0]) // 5
     assert capped.train[1].max() == full.valid_start - HORIZON and set(capped.train[0]) == set(full.train[0])
+    one_each = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1, max_windows=2)  # fewer than series
+    assert sorted(one_each.train[0]) == sorted(set(full.train[0]))
+    assert (one_each.train[1] == full.valid_start - HORIZON).all()
 
 
 def test_scaler_fitted_on_train_only(panel_df):
@@ -167,6 +170,7 @@ def test_batched_fetch_equals_per_window_items(panel_df):
     panel, _ = _panel(panel_df)
     split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
     ds = WindowDataset(panel.values, panel.start, split.train, context=30, horizon=HORIZON, freq_token=9)
+
     def sampler():
         return torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(3))
 

@@ -41,6 +41,18 @@ def test_training_run_writes_everything(trained):
         "conformal_config.json",
     } <= set(os.listdir(final))
     assert metrics["test_loss"] > 0 and metrics["epochs"] == 1
+    assert list(metrics["phase_seconds"]) == [
+        "load",
+        "preprocess",
+        "model",
+        "train",
+        "evaluate",
+        "forecast",
+        "plots",
+        "save",
+    ]
+    assert all(v >= 0 for v in metrics["phase_seconds"].values()) and metrics["phase_seconds"]["train"] > 0
+    assert metrics["train_windows_per_s"] > 0 and metrics["forecast_series_per_s"] > 0
     assert set(metrics["metrics"]) == {"vendas", "faturamento"}
     assert set(metrics["metrics"]["vendas"]) == {"fine_tuned", "zero_shot", "seasonal_naive", "naive"}
     assert list((results / "logs").rglob("events.out.tfevents*"))

@@ -111,7 +111,9 @@ def main() -> None:
         if args.synthetic:
             n_series, n_weeks = map(int, args.synthetic.lower().split("x"))
             data = str(Path(tmp) / f"synthetic_{args.synthetic}.csv")
-            synthetic_panel(n_series, n_weeks).to_csv(data, index=False)
+            for first in range(0, n_series, 2000):  # in chunks: the generator's memory stays out of the peak RSS
+                chunk = synthetic_panel(min(2000, n_series - first), n_weeks, seed=first, first=first)
+                chunk.to_csv(data, index=False, mode="a", header=first == 0)
         argv = [f"--DATA_PATH={data}", f"--RESULTS_DIR={tmp}/results", f"--FINAL_MODEL_DIR={tmp}/final", *overrides]
         cfg = ttm_model.config.resolve(argv, {})
         t0 = time.perf_counter()

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ttm_model  # noqa: E402
 
 
-def synthetic_panel(n_series: int, n_weeks: int, seed: int = 0) -> pd.DataFrame:
+def synthetic_panel(n_series: int, n_weeks: int, seed: int = 0, first: int = 0) -> pd.DataFrame:
+    """Poisson weekly sales with a yearly season; series `first` .. `first + n_series - 1` (27 UFs per product)."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN")
     level = rng.lognormal(3, 1, n_series)[:, None]
@@ -32,8 +33,8 @@ def synthetic_panel(n_series: int, n_weeks: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "date": np.tile(dates, n_series),
-            "produto_cat": np.repeat([f"P{i // 27}" for i in range(n_series)], n_weeks),
-            "uf_cat": np.repeat([f"U{i % 27}" for i in range(n_series)], n_weeks),
+            "produto_cat": np.repeat([f"P{i // 27}" for i in range(first, first + n_series)], n_weeks),
+            "uf_cat": np.repeat([f"U{i % 27}" for i in range(first, first + n_series)], n_weeks),
             "vendas": units.ravel(),
             "faturamento": (units * 9.9).ravel(),
         }
