@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_panel
 
-from ttm_model import InputError, read_sales_csv, resample_weekly, split_by_time
+from ttm_model import InputError, forecast_frame, read_sales_csv, resample_weekly, split_by_time, write_forecasts
 
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
@@ -109,6 +109,8 @@ CORPUS = {  # name: (file bytes | None for special cases, expected outcome "ok" 
     "empty id": (GOOD.replace(b",SP,", b",,", 1), "error:'uf_cat' is empty at line"),
     "binary garbage": (bytes(range(256)) * 20, "error:missing column"),
     "datetime with time": (GOOD.replace(b"2022-01-02,", b"2022-01-02 00:00:00,"), "ok"),
+    "spaces after separators": (GOOD.replace(b",", b", "), "ok"),
+    "row with an extra field": (GOOD + b"2023-07-02,001,SP,3,9.5,x\n", "error:not a readable CSV"),
     "directory instead of file": (None, "error:is a folder, not a CSV file"),
     "missing file": (None, "error:file not found"),
 }
@@ -228,3 +230,28 @@ def test_latin1_character_after_the_sniffed_head(tmp_path):
     path.write_bytes(body)
     out = read_sales_csv(str(path), **KW)
     assert len(out) == len(df) + 1 and out["uf_cat"].iloc[-1] == "São Paulo"
+
+
+def test_text_ids_round_trip_to_the_forecast_file(tmp_path):
+    """Ids with spaces, separators, quotes and leading zeros: read as written (stripped), written back the same."""
+    df = _base(n_weeks=12)
+    df["produto_cat"] = df["produto_cat"].map({"001": ' Café, "Pilão" ', "002": "007"})
+    path = tmp_path / "ids.csv"
+    path.write_bytes(_csv(df))
+    sales = read_sales_csv(str(path), **KW)
+    assert set(sales["produto_cat"]) == {'Café, "Pilão"', "007"}
+    panel, _ = resample_weekly(
+        sales, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"]
+    )
+    horizon = 3
+    point = np.random.default_rng(0).uniform(0, 100, (len(panel.keys), horizon, 2))
+    frame = forecast_frame(panel, point, point * 0.9, point * 1.1, date_column="date", new_series=np.zeros(4, bool))
+    out = tmp_path / "previsoes.csv"
+    out.write_text("old")
+    write_forecasts(frame, out, date_column="date")
+    back = pd.read_csv(out, dtype={"date": str, "produto_cat": str, "uf_cat": str})
+    assert list(tmp_path.glob("*.tmp")) == []
+    pd.testing.assert_frame_equal(back[["produto_cat", "uf_cat"]], frame[["produto_cat", "uf_cat"]].astype(str))
+    assert list(back["date"][:horizon]) == ["2022-03-27", "2022-04-03", "2022-04-10"]  # weeks after 2022-03-20
+    np.testing.assert_array_equal(back["vendas_upper"], (point[..., 0] * 1.1).round(4).ravel())
+    assert back["new_series"].dtype == bool and not back["new_series"].any()

@@ -38,7 +38,7 @@ def test_training_run_writes_everything(trained):
         "preprocessor.pkl",
         "settings.json",
         "manifest.json",
-        "conformal_config.json",
+        "conformal.pkl",
     } <= set(os.listdir(final))
     assert metrics["test_loss"] > 0 and metrics["epochs"] == 1
     assert list(metrics["phase_seconds"]) == [
