@@ -189,7 +189,11 @@ def _read_columns(
         raise InputError(
             f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV with ',' or ';' separators"
         ) from err
-    df = table.rename_columns([names[raw] for raw in table.column_names]).to_pandas()
+    df = table.rename_columns([names[raw] for raw in table.column_names]).to_pandas(
+        split_blocks=True, self_destruct=True
+    )
+    del table
+    pa.default_memory_pool().release_unused()  # hand the parse buffers back to the OS, not kept for later pyarrow use
     if df.empty:
         raise InputError(f"{path}: header only, no data rows; add at least one row per week, product and UF")
     return df
