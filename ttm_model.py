@@ -759,7 +759,11 @@ def load_artifacts(
         with open(final_dir / "conformal.pkl", "rb") as f:
             conformal = pickle.load(f)
     else:
-        logger.warning("%s: no conformal.pkl (too few validation windows in training); no interval bounds", final_dir)
+        logger.warning(
+            "%s: no conformal.pkl (training had too few validation windows, or the folder is older); previsoes.csv "
+            "gets no interval bounds until you retrain",
+            final_dir,
+        )
     return model, tsp, conformal, settings
 
 

@@ -1,6 +1,8 @@
 """End to end: train for one epoch, reload final_ttm_model/ to predict, keep artifacts safe, resume after a kill."""
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import signal
@@ -202,6 +204,23 @@ def test_tampered_or_foreign_preprocessor_refused(trained, tmp_path):
     (copy / "manifest.json").unlink()
     with pytest.raises(ttm_model.InputError, match="no manifest.json, so not a folder written by ttm_model.py"):
         ttm_model.load_artifacts(copy)
+
+
+def test_model_folder_without_intervals_still_predicts(trained, tmp_path, caplog):
+    tmp, data, _ = trained
+    copy = tmp_path / "final"
+    shutil.copytree(tmp / "final", copy)
+    (copy / "conformal.pkl").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["sha256"]["conformal.pkl"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    caplog.set_level(logging.WARNING)
+    argv = ["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={copy}", f"--RESULTS_DIR={tmp_path}"]
+    ttm_model.run_predict(ttm_model.config.resolve(argv, {}))  # main() would reset the log handlers caplog reads
+    future = pd.read_csv(tmp_path / "previsoes.csv")
+    assert "no conformal.pkl" in caplog.text
+    assert {"vendas", "faturamento"} <= set(future.columns) and not future.filter(like="_lower").columns.size
+    assert len(future) == 6 * HORIZON
 
 
 def test_unwritable_output_fails_before_training(tmp_path):
