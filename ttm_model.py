@@ -722,7 +722,7 @@ def save_artifacts(
         final_dir.rename(backup)  # kept until the new folder is in place
     staging.rename(final_dir)
     shutil.rmtree(backup, ignore_errors=True)
-    logger.info("Saved model, preprocessor.pkl and settings to %s/", final_dir)
+    logger.info("Saved %s and manifest.json to %s/", ", ".join(manifest["sha256"]), final_dir)
 
 
 def load_artifacts(
