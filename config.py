@@ -39,9 +39,8 @@ TRAIN_STRIDE: int = 4  # weeks between training windows of a series (1 = every w
 MAX_TRAIN_WINDOWS: int = 10000  # cap per epoch: the stride grows on big panels (0 = no cap)
 
 # --- 4. model ----------------------------------------------------------------
-PRETRAINED_MODEL: str = (
-    "ibm-granite/granite-timeseries-ttm-r2"  # hub id or local folder (e.g. ../shared/ttm-weights/ttm-90-30-ft-l1)
-)
+# hub id or local folder (e.g. ../shared/ttm-weights/ttm-90-30-ft-l1)
+PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"
 CONTEXT_LENGTH: int = 104  # weeks of history available; the model reads its own (90) last weeks
 PREDICTION_LENGTH: int = 26  # weeks forecast
 PREFER_L1_LOSS: bool = True  # hub only: pick the variant trained with L1 loss (better on sales)
@@ -58,7 +57,7 @@ MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space tha
 INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (0-1)
 PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/
 RESULTS_DIR: str = "results_ttm_model"  # TensorBoard logs/, checkpoints, metrics, forecasts
-FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + preprocessor.pkl + settings
+FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + preprocessor.pkl + conformal.pkl + settings
 
 ENV_PREFIX = "TTM_"
 

@@ -1079,18 +1079,18 @@ def run_train(cfg) -> dict:
     clock = PhaseClock()
     sales = load_sales(cfg, results)  # 1
     clock.lap("load")
-    panel, anchor = resample_weekly(
+    panel, anchor = resample_weekly(  # 2
         sales,
         date_column=cfg.DATE_COLUMN,
-        id_columns=cfg.ID_COLUMNS,  # 2
+        id_columns=cfg.ID_COLUMNS,
         target_columns=cfg.TARGET_COLUMNS,
         anchor=cfg.WEEK_ANCHOR,
         source=cfg.DATA_PATH,
     )
-    split = split_by_time(
+    split = split_by_time(  # 3
         panel,
         horizon=cfg.PREDICTION_LENGTH,
-        min_context=cfg.MIN_CONTEXT_WEEKS,  # 3
+        min_context=cfg.MIN_CONTEXT_WEEKS,
         stride=cfg.TRAIN_STRIDE,
         max_windows=cfg.MAX_TRAIN_WINDOWS,
     )
@@ -1098,9 +1098,9 @@ def run_train(cfg) -> dict:
     mean, scale, _ = scaler_arrays(tsp, panel.keys)
     scaled = (panel.values - mean[:, None]) / scale[:, None]
     clock.lap("preprocess")
-    model = build_model(
+    model = build_model(  # 4
         cfg.PRETRAINED_MODEL,
-        context_length=cfg.CONTEXT_LENGTH,  # 4
+        context_length=cfg.CONTEXT_LENGTH,
         prediction_length=cfg.PREDICTION_LENGTH,
         prefer_l1=cfg.PREFER_L1_LOSS,
         num_channels=len(cfg.TARGET_COLUMNS),
@@ -1119,11 +1119,11 @@ def run_train(cfg) -> dict:
         )
         for k in ("train", "valid", "test")
     }
-    trainer = make_trainer(
+    trainer = make_trainer(  # 5
         model,
         datasets["train"],
         datasets["valid"],
-        out_dir=results,  # 5
+        out_dir=results,
         run_name=Path(cfg.DATA_PATH).stem,
         lr=cfg.LEARNING_RATE,
         weight_decay=cfg.WEIGHT_DECAY,
