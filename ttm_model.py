@@ -921,6 +921,24 @@ def forecast_frame(
     return frame
 
 
+def forecast_future(
+    model: torch.nn.Module,
+    scaled: np.ndarray,
+    panel: Panel,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    conformal: PostHocProbabilisticProcessor | None,
+    horizon: int,
+    *,
+    date_column: str,
+    new_series: np.ndarray,
+) -> pd.DataFrame:
+    """previsoes.csv rows: every series forecast from its last week (point and bounds, original units)."""
+    windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
+    forecasts = predict_with_intervals(model, scaled, panel, windows, mean, scale, conformal, horizon)
+    return forecast_frame(panel, *forecasts, date_column=date_column, new_series=new_series)
+
+
 def write_forecasts(frame: pd.DataFrame, path: Path, *, date_column: str) -> None:
     """previsoes.csv with dates as YYYY-MM-DD and 4 decimals, atomically.
 
@@ -1203,10 +1221,14 @@ def run_train(cfg) -> dict:
     report_metrics(per_series, metrics, results, trainer)
     clock.lap("evaluate")
 
-    all_series = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    future = forecast_frame(
+    future = forecast_future(
+        model,
+        scaled,
         panel,
-        *predict_with_intervals(model, scaled, panel, all_series, mean, scale, conformal, cfg.PREDICTION_LENGTH),
+        mean,
+        scale,
+        conformal,
+        cfg.PREDICTION_LENGTH,
         date_column=cfg.DATE_COLUMN,
         new_series=np.zeros(len(panel.keys), bool),
     )
@@ -1293,11 +1315,11 @@ def run_predict(cfg) -> dict:
         )
     scaled = (panel.values - mean[:, None]) / scale[:, None]
     horizon = int(saved["PREDICTION_LENGTH"])
-    windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
     clock.lap("preprocess")
-    forecasts = predict_with_intervals(model, scaled, panel, windows, mean, scale, conformal, horizon)
+    future = forecast_future(
+        model, scaled, panel, mean, scale, conformal, horizon, date_column=saved["DATE_COLUMN"], new_series=~known
+    )
     clock.lap("forecast")
-    future = forecast_frame(panel, *forecasts, date_column=saved["DATE_COLUMN"], new_series=~known)
     write_forecasts(future, results / "previsoes.csv", date_column=saved["DATE_COLUMN"])
     clock.lap("write")
     logger.info(
