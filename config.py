@@ -4,79 +4,104 @@ Edit the constants below, or override any of them without editing code:
 
     python ttm_model.py --NUM_TRAIN_EPOCHS=5 --TARGET_COLUMNS=faturamento
     TTM_BATCH_SIZE=128 python ttm_model.py
-    python ttm_model.py --ENV_FILE=runs/quick.env      # file with KEY=value lines
+    python ttm_model.py --ENV_FILE=minha_config.env      # a file with KEY=value lines
+    python ttm_model.py --help                           # every setting with its default and meaning
 
-Precedence: defaults < ENV_FILE < TTM_* environment variables < command line.
-Standard library imports only.
+Precedence: defaults < ENV_FILE < TTM_* environment variables < command line. Every value is checked (type, then
+range or choices) before any work starts. Standard library imports only.
 """
 
 import ast
 import difflib
+import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-# --- 0. run ----------------------------------------------------------------
+# --- 0. run ------------------------------------------------------------------
 MODE: str = "train"  # "train" (fit, evaluate, forecast) or "predict" (reuse FINAL_MODEL_DIR)
-SEED: int = 42  # seeds data synthesis, weights init, batch order
-LOG_LEVEL: str = "INFO"  # DEBUG, INFO, WARNING
+SEED: int = 42  # seeds data synthesis, weights init, batch order (>= 0)
+LOG_LEVEL: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
 DEBUG: bool = False  # True shows the Python traceback of input errors
 FRESH_START: bool = False  # True ignores checkpoints of an interrupted run instead of resuming
 USE_CPU: bool = False  # True trains on CPU even when a GPU is present
 
-# --- 1. load ---------------------------------------------------------------
+# --- 1. load -----------------------------------------------------------------
 DATA_PATH: str = "dados/db_tratado-w.csv"  # CSV: date, produto_cat, uf_cat, vendas, faturamento; absent -> synthetic
 DATE_COLUMN: str = "date"  # week (or day) of the row
-ID_COLUMNS: tuple = ("produto_cat", "uf_cat")  # one series per product x UF
+ID_COLUMNS: tuple = ("produto_cat", "uf_cat")  # 1 to 3 columns naming a series (product x UF)
 TARGET_COLUMNS: tuple = ("vendas", "faturamento")  # columns forecast; e.g. --TARGET_COLUMNS=faturamento
 
 # --- 2. weekly resampling + scaling ------------------------------------------
-WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or "W-WED"...
+WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or W-MON .. W-SUN
 
 # --- 3. split ----------------------------------------------------------------
-MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start
+MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start (>= 1)
 TRAIN_STRIDE: int = 4  # weeks between training windows of a series (1 = every window, 4x slower)
 MAX_TRAIN_WINDOWS: int = 10000  # cap per epoch: the stride grows on big panels (0 = no cap)
 
 # --- 4. model ----------------------------------------------------------------
-# hub id or local folder (e.g. ../shared/ttm-weights/ttm-90-30-ft-l1)
-PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"
+PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"  # hub id, or local folder with config.json
 CONTEXT_LENGTH: int = 104  # weeks of history available; the model reads its own (90) last weeks
-PREDICTION_LENGTH: int = 26  # weeks forecast
+PREDICTION_LENGTH: int = 26  # weeks forecast (>= 1)
 PREFER_L1_LOSS: bool = True  # hub only: pick the variant trained with L1 loss (better on sales)
 TRAINABLE_LAYERS: tuple = ("decoder*fc1", "decoder*fc2")  # parameter-name parts/globs trained; all else frozen
 
 # --- 5. training -------------------------------------------------------------
-LEARNING_RATE: float = 3e-3  # OneCycleLR max_lr (same value given to AdamW)
-WEIGHT_DECAY: float = 0.0  # AdamW weight decay
+LEARNING_RATE: float = 3e-3  # OneCycleLR max_lr, the same value given to AdamW (> 0)
+WEIGHT_DECAY: float = 0.0  # AdamW weight decay (>= 0)
 NUM_TRAIN_EPOCHS: int = 40  # cap, and the length of the OneCycleLR cycle; early stopping may end sooner
 BATCH_SIZE: int = 64  # windows per step (train and eval)
-EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping
+EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping (>= 0)
 NUM_WORKERS: int = 0  # DataLoader workers (0 is fastest on CPU; try 4-8 on GPU)
-MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this
-INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (0-1)
-PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/
+MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
+
+# --- 6. evaluation, forecast and outputs -------------------------------------
+INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (between 0 and 1)
+PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/ (0 = none)
 RESULTS_DIR: str = "results_ttm_model"  # TensorBoard logs/, checkpoints, metrics, forecasts
 FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + preprocessor.pkl + conformal.pkl + settings
 
 ENV_PREFIX = "TTM_"
+WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
 def defaults() -> dict:
-    """Return the module's UPPER_CASE settings as a dict."""
-    return {k: v for k, v in globals().items() if k.isupper() and k != "ENV_PREFIX"}
+    """Return the module's settings (its type-annotated UPPER_CASE constants) as a dict."""
+    return {k: globals()[k] for k in __annotations__ if k.isupper()}
+
+
+def help_text() -> str:
+    """Every setting with its type, default and comment, grouped by section as written in this file."""
+    lines = ["Usage: python ttm_model.py [--KEY=value ...]   (also TTM_KEY=value variables and --ENV_FILE=file)", ""]
+    setting = re.compile(r"^([A-Z][A-Z0-9_]*): (\w+) = (.+?)  # (.*)$")
+    for line in Path(__file__).read_text(encoding="utf-8").splitlines():
+        if line.startswith("# --- "):
+            lines += ["", line.strip("# -").strip().capitalize()]
+        elif match := setting.match(line):
+            key, kind, default, comment = match.groups()
+            lines.append(f"  --{key}={default}  ({kind})\n      {comment}")
+    return "\n".join(lines).replace("\n\n\n", "\n\n")
+
+
+def _cast_names(key: str, raw: str, source: str) -> tuple:
+    """A tuple of names from "a,b", "a, b" or a Python literal such as ('a', 'b')."""
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, (tuple, list)):
+        value = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not all(isinstance(part, str) for part in value):
+        raise ValueError(f"{source}: {key} must be a comma-separated list of names, got {raw!r}")
+    return tuple(value)
 
 
 def _cast(key: str, raw: str, default: object, source: str) -> object:
     """Turn the text `raw` into a value of the same type as `default`."""
     if isinstance(default, tuple):
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = None
-        if not isinstance(value, (tuple, list)):
-            value = tuple(part.strip() for part in raw.split(",") if part.strip())
-        return tuple(value)
+        return _cast_names(key, raw, source)
     if isinstance(default, bool):
         lowered = raw.strip().lower()
         if lowered in ("true", "1", "yes"):
@@ -84,16 +109,12 @@ def _cast(key: str, raw: str, default: object, source: str) -> object:
         if lowered in ("false", "0", "no"):
             return False
         raise ValueError(f"{source}: {key} must be True or False, got {raw!r}")
-    if isinstance(default, str):
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            return raw
-        return value if isinstance(value, str) else raw
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         value = raw
+    if isinstance(default, str):
+        return value if isinstance(value, str) else raw
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):
@@ -124,13 +145,71 @@ def _parse_env_file(path: str) -> dict[str, str]:
     return pairs
 
 
+def _names(value: tuple, low: int, high: int) -> bool:
+    return low <= len(value) <= high and all(v.strip() for v in value) and len(set(value)) == len(value)
+
+
+def _at_least(low: int) -> tuple[Callable, str]:
+    return (lambda v: v >= low), f"an integer >= {low}"
+
+
+# What each setting allows beyond its type.
+RULES = {  # key -> (test, the allowed values in words)
+    "MODE": (lambda v: v in ("train", "predict"), "'train' or 'predict'"),
+    "SEED": _at_least(0),
+    "LOG_LEVEL": (lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"), "DEBUG, INFO, WARNING or ERROR"),
+    "DATA_PATH": (lambda v: bool(v.strip()), "a CSV path"),
+    "DATE_COLUMN": (lambda v: bool(v.strip()), "a column name"),
+    "ID_COLUMNS": (lambda v: _names(v, 1, 3), "1 to 3 distinct, non-empty column names"),
+    "TARGET_COLUMNS": (lambda v: _names(v, 1, 99), "1 or more distinct, non-empty column names"),
+    "WEEK_ANCHOR": (lambda v: v == "auto" or v in [f"W-{d}" for d in WEEKDAYS], "'auto' or W-MON .. W-SUN"),
+    "MIN_CONTEXT_WEEKS": _at_least(1),
+    "TRAIN_STRIDE": _at_least(1),
+    "MAX_TRAIN_WINDOWS": (lambda v: v >= 0, "an integer >= 0 (0 = no cap)"),
+    "PRETRAINED_MODEL": (lambda v: bool(v.strip()), "a hub id or a local folder"),
+    "CONTEXT_LENGTH": _at_least(1),
+    "PREDICTION_LENGTH": _at_least(1),
+    "TRAINABLE_LAYERS": (lambda v: _names(v, 1, 99), "1 or more parameter-name parts such as decoder*fc1"),
+    "LEARNING_RATE": (lambda v: math.isfinite(v) and v > 0, "a number > 0, e.g. 0.003"),
+    "WEIGHT_DECAY": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "NUM_TRAIN_EPOCHS": _at_least(1),
+    "BATCH_SIZE": _at_least(1),
+    "EARLY_STOPPING_PATIENCE": _at_least(0),
+    "NUM_WORKERS": _at_least(0),
+    "MIN_FREE_DISK_MB": _at_least(0),
+    "INTERVAL_LEVEL": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive), e.g. 0.8"),
+    "PLOT_TOP_SERIES": _at_least(0),
+    "RESULTS_DIR": (lambda v: bool(v.strip()), "a folder path"),
+    "FINAL_MODEL_DIR": (lambda v: bool(v.strip()), "a folder path"),
+}
+
+
+def validate(settings: Mapping) -> None:
+    """Check each value against RULES and the settings against each other.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed.
+    """
+    for key, (allowed, words) in RULES.items():
+        if not allowed(settings[key]):
+            raise ValueError(f"{key}={settings[key]!r} is not allowed: use {words}")
+    date, ids, targets = settings["DATE_COLUMN"], settings["ID_COLUMNS"], settings["TARGET_COLUMNS"]
+    for name, clash in ((date, "DATE_COLUMN"), *((t, "TARGET_COLUMNS") for t in targets)):
+        if name in ids:
+            raise ValueError(f"{clash} and ID_COLUMNS both name column {name!r}; a column has one role")
+    if date in targets:
+        raise ValueError(f"DATE_COLUMN={date!r} is also in TARGET_COLUMNS; the date cannot be forecast")
+    if Path(settings["RESULTS_DIR"]).resolve() == Path(settings["FINAL_MODEL_DIR"]).resolve():
+        raise ValueError("RESULTS_DIR and FINAL_MODEL_DIR are the same folder; give each its own")
+
+
 def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespace:
-    """Return the settings after applying ENV_FILE, TTM_* variables and --KEY=value arguments, in that order."""
+    """The checked settings after applying ENV_FILE, TTM_* variables and --KEY=value arguments, in that order."""
     known = defaults()
     cli = {}
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"command line: expected --KEY=value, got {arg!r}")
+            raise ValueError(f"command line: expected --KEY=value (or --help), got {arg!r}")
         key, value = arg[2:].split("=", 1)
         cli[key] = value
     layers = []
@@ -144,6 +223,5 @@ def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespace:
         for key, raw in pairs.items():
             _check_key(key, known, source)
             settings[key] = _cast(key, raw, known[key], source)
-    if settings["MODE"] not in ("train", "predict"):
-        raise ValueError(f"MODE must be 'train' or 'predict', got {settings['MODE']!r}")
+    validate(settings)
     return SimpleNamespace(**settings)

@@ -1,17 +1,17 @@
 """Fine-tune IBM's TinyTimeMixer (TTM) on weekly sales (vendas) and revenue (faturamento) per product x UF.
 
     python ttm_model.py                                        # train, evaluate, forecast (synthetic data if no CSV)
+    python ttm_model.py --help                                 # every setting, its default and meaning
     python ttm_model.py --DATA_PATH=dados/minha_base.csv --TARGET_COLUMNS=faturamento
     python ttm_model.py --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1   # local model folder, offline
     python ttm_model.py --MODE=predict --DATA_PATH=novos.csv   # forecast with final_ttm_model/, no training
 
-Sections: (1) load, (2) weekly resampling + per product-UF scaling, (3) split, (4) model, (5) train + save;
-then evaluation against baselines and the forecast of the next PREDICTION_LENGTH weeks. Settings: config.py.
+Sections: (1) load, (2) weekly resampling + per product-UF scaling, (3) split, (4) model, (5) train; then
+(6) evaluation against baselines, (7) the forecast of the next PREDICTION_LENGTH weeks and (8) the saved model.
+Settings: config.py. CSV reading and writing: sales_csv.py. Metrics, baselines and plots: evaluation.py.
 """
 
 import copy
-import csv
-import difflib
 import fnmatch
 import hashlib
 import json
@@ -22,224 +22,34 @@ import pickle
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from tsfm_public import TimeSeriesPreprocessor
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 from tsfm_public.toolkit.get_model import get_model
+from tsfm_public.toolkit.time_series_preprocessor import DEFAULT_FREQUENCY_MAPPING
+from tsfm_public.toolkit.util import count_parameters
 
 import config
+from evaluation import baseline_forecasts, evaluate_methods, mase_scale, metric_table, plot_results, write_metrics
+from sales_csv import InputError, read_sales_csv, write_forecasts
 
 logger = logging.getLogger("ttm_model")
 
-WEEKLY_FREQ_TOKEN = 9  # tsfm_public DEFAULT_FREQUENCY_MAPPING["W"]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn")
 
 
-class InputError(ValueError):
-    """A problem with the user's data or settings; reported as one line, without a traceback."""
-
-
-# ---- 1. load ----------------------------------------------------------------------------------------------------
-
-
-def _sniff_csv(path: Path) -> tuple[str, str, str, str]:
-    """Return (encoding, separator, decimal mark, header line) of a CSV file from its first 64 KB."""
-    with path.open("rb") as f:
-        head = f.read(65536)
-    encoding = "utf-8-sig"
-    try:
-        text = head.decode(encoding)
-    except UnicodeDecodeError as err:
-        if err.start < len(head) - 4:  # not just a multi-byte character cut at the 64 KB boundary
-            encoding = "latin-1"
-        text = head.decode(encoding, errors="ignore")
-    header = text.splitlines()[0] if text.strip() else ""
-    sep = max((";", ",", "\t"), key=header.count)
-    decimal = "," if sep != "," and any(_has_decimal_comma(line, sep) for line in text.splitlines()[1:200]) else "."
-    return encoding, sep, decimal, header
-
-
-def _has_decimal_comma(line: str, sep: str) -> bool:
-    return any(
-        field.strip().replace(".", "").replace(",", "", 1).lstrip("-").isdigit() and "," in field
-        for field in line.split(sep)
-    )
-
-
-def _rows(mask: pd.Series | np.ndarray, limit: int = 5) -> str:
-    """File line numbers (header is line 1) of the first offending rows."""
-    lines = np.flatnonzero(np.asarray(mask)) + 2
-    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
-    return f"line(s) {', '.join(map(str, lines[:limit]))}{more}"
-
-
-def _strip(text: pd.Series) -> pd.Categorical:
-    """Text with surrounding spaces removed, kept categorical: ids and dates repeat, so each distinct value is
-    stripped (and, for dates, parsed) once."""
-    codes, uniques = pd.factorize(text)
-    stripped_codes, stripped = pd.factorize(pd.Index(uniques.astype(str)).str.strip(), sort=True)
-    return pd.Categorical.from_codes(stripped_codes[codes], stripped)
-
-
-def _parse_dates(text: pd.Categorical, path: str, column: str) -> np.ndarray:
-    """ISO dates (2024-01-31) and Brazilian dd/mm/yyyy dates, also mixed in one file, parsed once per distinct date."""
-    distinct = text.categories.to_series()
-    dates = pd.to_datetime(distinct, format="ISO8601", errors="coerce")
-    brazilian = dates.isna()
-    if brazilian.any():
-        dates[brazilian] = pd.to_datetime(distinct[brazilian], format="%d/%m/%Y", errors="coerce")
-        read = int((brazilian & dates.notna()).to_numpy()[text.codes].sum())
-        if read:
-            logger.warning("%s: read %d date(s) in column %r as dd/mm/yyyy", path, read, column)
-    if dates.dt.tz is not None:
-        dates = dates.dt.tz_localize(None)
-    bad = dates.isna().to_numpy()[text.codes]
-    if bad.any():
-        raise InputError(
-            f"{path}: column {column!r} has unparseable dates at {_rows(bad)} "
-            f"(e.g. {text[bad][0]!r}); use YYYY-MM-DD or dd/mm/yyyy"
-        )
-    return dates.to_numpy()[text.codes]
-
-
-def _parse_numbers(text: pd.Series, *, path: str, column: str, decimal: str, thousands: str | None) -> pd.Series:
-    """Non-negative floats from a target column (text when the reader could not parse it: separators to repair)."""
-    values, empty = text, text.isna()
-    if not pd.api.types.is_numeric_dtype(values):
-        raw = values.astype(str).str.strip()
-        if thousands:
-            raw = raw.str.replace(thousands, "", regex=False)
-        if decimal == ",":
-            raw = raw.str.replace(",", ".", regex=False)
-        values = pd.to_numeric(raw, errors="coerce")
-        empty = raw.str.lower().isin(["", "nan", "na", "null", "none"])
-        bad = values.isna() & ~empty
-        if bad.any():
-            raise InputError(
-                f"{path}: column {column!r} has non-numeric values at {_rows(bad)} "
-                f"(e.g. {text[bad].iloc[0]!r}); use plain numbers such as 1234.5 or 1.234,5"
-            )
-    if empty.any():
-        raise InputError(
-            f"{path}: column {column!r} has missing values (NaN/empty) at {_rows(empty)}; "
-            "fill them (0 for weeks without sales) or delete those rows"
-        )
-    if (values < 0).any():
-        raise InputError(
-            f"{path}: column {column!r} has negative values at {_rows(values < 0)}; "
-            "net returns into the week's sales or remove those rows"
-        )
-    return values.astype("float64")
-
-
-def _column_names(path: str, header: list[str], required: Sequence[str]) -> dict[str, str]:
-    """Each raw header name -> its name as used here (stripped, lower case); every required column must be there."""
-    names = {raw: raw.strip().lower() for raw in header}
-    missing = [c for c in required if c not in names.values()]
-    if missing:
-        hints = [
-            f"{m!r} (found {close[0]!r}?)" if (close := difflib.get_close_matches(m, names.values(), n=1)) else repr(m)
-            for m in missing
-        ]
-        raise InputError(
-            f"{path}: missing column(s) {', '.join(hints)}; the header has {list(names.values())}; "
-            f"rename the column(s) or change TARGET_COLUMNS/ID_COLUMNS/DATE_COLUMN"
-        )
-    extra = [name for name in names.values() if name not in required]
-    if extra:
-        logger.warning("%s: ignoring extra column(s) %s", path, extra)
-    return {raw: name for raw, name in names.items() if name in required}
-
-
-def _read_columns(
-    file: Path, path: str, names: dict[str, str], *, text_columns: Sequence[str], encoding: str, sep: str, decimal: str
-) -> pd.DataFrame:
-    """The `names` columns of the file: text ones as categoricals, numbers as floats, or as text when pyarrow cannot
-    read them (thousands separators, typos) for _parse_numbers to repair or report.
-
-    pyarrow's reader: 0.05 s against 0.13 s for pandas.read_csv on 520,000 rows (tests/benchmarks/bench_predict.py).
-    """
-    text = pa.dictionary(pa.int32(), pa.string())
-    convert = pa_csv.ConvertOptions(
-        include_columns=list(names),
-        column_types={raw: text for raw, name in names.items() if name in text_columns},
-        decimal_point=decimal,
-    )
-    parse = pa_csv.ParseOptions(delimiter=sep)
-    try:
-        try:
-            sniffed = pa_csv.ReadOptions(encoding=encoding.replace("utf-8-sig", "utf8"))  # pyarrow skips a BOM itself
-            table = pa_csv.read_csv(file, sniffed, parse, convert)
-        except pa.ArrowInvalid as err:
-            if "UTF8" not in str(err):
-                raise
-            table = pa_csv.read_csv(file, pa_csv.ReadOptions(encoding="latin-1"), parse, convert)  # a late byte
-    except pa.ArrowInvalid as err:
-        raise InputError(
-            f"{path}: not a readable CSV ({str(err).splitlines()[0]}); export it as CSV with ',' or ';' separators"
-        ) from err
-    df = table.rename_columns([names[raw] for raw in table.column_names]).to_pandas(
-        split_blocks=True, self_destruct=True
-    )
-    del table
-    pa.default_memory_pool().release_unused()  # hand the parse buffers back to the OS, not kept for later pyarrow use
-    if df.empty:
-        raise InputError(f"{path}: header only, no data rows; add at least one row per week, product and UF")
-    return df
-
-
-def read_sales_csv(
-    path: str, *, date_column: str, id_columns: Sequence[str], target_columns: Sequence[str]
-) -> pd.DataFrame:
-    """Read and validate the sales CSV; ids stay text as written (categoricals, surrounding spaces removed).
-
-    Raises:
-        FileNotFoundError, InputError: with the file, column, first offending lines and what to change.
-    """
-    file = Path(path)
-    if not file.exists():
-        raise FileNotFoundError(
-            f"{path}: file not found; set --DATA_PATH=<your CSV> (columns {date_column}, "
-            f"{', '.join(id_columns)}, {', '.join(target_columns)})"
-        )
-    if file.is_dir():
-        raise InputError(f"{path}: is a folder, not a CSV file; set --DATA_PATH to the CSV inside it")
-    try:
-        encoding, sep, decimal, header_line = _sniff_csv(file)
-    except OSError as err:
-        raise InputError(f"{path}: cannot be read ({err.strerror}); check the file's permissions") from err
-    if not header_line.strip():
-        raise InputError(f"{path}: file is empty; expected a header line and one row per week, product and UF")
-    thousands = "." if decimal == "," else ("," if sep != "," else None)
-    names = _column_names(
-        path, next(csv.reader([header_line], delimiter=sep)), [date_column, *id_columns, *target_columns]
-    )
-    df = _read_columns(
-        file, path, names, text_columns=(date_column, *id_columns), encoding=encoding, sep=sep, decimal=decimal
-    )
-    out = pd.DataFrame({date_column: _parse_dates(_strip(df[date_column]), path, date_column)})
-    for col in id_columns:
-        ids = _strip(df[col])
-        if (ids == "").any():
-            raise InputError(f"{path}: column {col!r} is empty at {_rows(ids == '')}; fill in the id")
-        out[col] = ids
-    for col in target_columns:
-        out[col] = _parse_numbers(df[col], path=path, column=col, decimal=decimal, thousands=thousands)
-    logger.info(
-        "Loaded %s: %d rows, %s to %s", path, len(out), out[date_column].min().date(), out[date_column].max().date()
-    )
-    return out
+# ---- 1. load ------------------------------------------------------------------------------------------------------
 
 
 def synthesize_sales(
@@ -247,11 +57,16 @@ def synthesize_sales(
     seed: int,
     date_column: str,
     id_columns: Sequence[str],
+    target_columns: Sequence[str],
     n_products: int = 8,
     ufs: Sequence[str] = ("SP", "RJ", "MG", "RS", "PR", "BA"),
     n_weeks: int = 260,
 ) -> pd.DataFrame:
-    """A realistic weekly panel: trend, yearly season, promotions, a drifting price, new and intermittent series."""
+    """A realistic weekly panel: trend, yearly season, promotions, a drifting price, new and intermittent series.
+
+    Named as the settings ask: 1 id column (product-UF), 2 (product, UF) or 3 (product, UF, channel); targets in
+    order units, revenue, then revenue x 0.3 (a margin) for any further target.
+    """
     rng = np.random.default_rng(seed)
     dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN")
     week = np.arange(n_weeks)
@@ -269,20 +84,45 @@ def synthesize_sales(
                 rate = rate * 0.02
             units = rng.poisson(np.clip(rate, 0, None)).astype(float)
             start = n_weeks - rng.integers(40, 90) if (p * len(ufs) + u) % 17 == 3 else 0  # a few new launches
+            ids = (
+                [f"P{p + 1:03d}-{uf}"],
+                [f"P{p + 1:03d}", uf],
+                [f"P{p + 1:03d}", uf, ("loja", "online")[(p + u) % 2]],
+            )
+            revenue = np.round(units[start:] * price[start:], 2)
+            targets = [units[start:], revenue] + [np.round(revenue * 0.3, 2)] * (len(target_columns) - 2)
             frames.append(
                 pd.DataFrame(
                     {
                         date_column: dates[start:],
-                        id_columns[0]: f"P{p + 1:03d}",
-                        id_columns[1]: uf,
-                        "vendas": units[start:],
-                        "faturamento": np.round(units[start:] * price[start:], 2),
+                        **dict(zip(id_columns, ids[len(id_columns) - 1])),
+                        **dict(zip(target_columns, targets)),
                     }
                 )
             )
     df = pd.concat(frames, ignore_index=True)
-    keep = (df["vendas"] > 0) | (rng.random(len(df)) < 0.5)  # exports often omit weeks without sales
+    keep = (df[target_columns[0]] > 0) | (rng.random(len(df)) < 0.5)  # exports often omit weeks without sales
     return df[keep].reset_index(drop=True)
+
+
+def load_sales(
+    path: str, *, date_column: str, id_columns: tuple, target_columns: tuple, seed: int, synthetic_dir: Path | None
+) -> pd.DataFrame:
+    """The user's CSV; with synthetic_dir given and no file at path, a synthetic panel saved there for inspection."""
+    if synthetic_dir is None or Path(path).exists():
+        return read_sales_csv(path, date_column=date_column, id_columns=id_columns, target_columns=target_columns)
+    sales = synthesize_sales(seed=seed, date_column=date_column, id_columns=id_columns, target_columns=target_columns)
+    sales.to_csv(synthetic_dir / "dados_sinteticos.csv", index=False)
+    logger.warning(
+        "SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series), saved "
+        "to %s. Put your CSV at %s or set --DATA_PATH.",
+        path,
+        len(sales),
+        sales.groupby(list(id_columns)).ngroups,
+        synthetic_dir / "dados_sinteticos.csv",
+        path,
+    )
+    return sales
 
 
 # ---- 2. weekly resampling + per product-UF scaling ----------------------------------------------------------------
@@ -375,7 +215,7 @@ def resample_weekly(
     return Panel(keys, dates, values, start, tuple(target_columns)), anchor
 
 
-def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray, id_columns: Sequence[str]) -> TimeSeriesPreprocessor:
+def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray) -> TimeSeriesPreprocessor:
     """Fit granite-tsfm's per product-UF standard scaler on each series' weeks before fit_end[s]."""
     t = np.arange(len(panel.dates))
     rows_s, rows_t = np.nonzero((t >= panel.start[:, None]) & (t < fit_end[:, None]))
@@ -384,7 +224,7 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray, id_columns: Sequence[
     frame[list(panel.targets)] = panel.values[rows_s, rows_t]
     tsp = TimeSeriesPreprocessor(
         timestamp_column="date",
-        id_columns=list(id_columns),
+        id_columns=list(panel.keys.columns),
         target_columns=list(panel.targets),
         scaling=True,
         scaler_type="standard",
@@ -394,15 +234,53 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray, id_columns: Sequence[
     return tsp.train(frame)
 
 
-def scaler_arrays(tsp: TimeSeriesPreprocessor, keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-series (mean, scale) of the fitted scaler, shape (series, targets), and a mask of series it knows."""
+@dataclass(frozen=True)
+class Scaling:
+    """Per-series standard scaling, (series, targets) arrays: the one scale/unscale pair of training and predict."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    known: np.ndarray  # (series,) True where the fitted preprocessor knows the series
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """values (series, weeks, targets) in scaled units: what tsp.preprocess gives, as one array operation."""
+        return (values - self.mean[:, None]) / self.scale[:, None]
+
+    def invert(self, scaled: np.ndarray, series: np.ndarray) -> np.ndarray:
+        """Scaled forecasts (windows, horizon, targets) of the given series back in original units, clipped at 0
+        (sales and revenue cannot be negative)."""
+        return np.clip(scaled * self.scale[series, None] + self.mean[series, None], 0, None)
+
+
+def panel_scaling(tsp: TimeSeriesPreprocessor, panel: Panel) -> Scaling:
+    """The fitted scalers of the panel's series; a series the preprocessor does not know gets its own history's."""
     n = len(tsp.target_columns)
-    mean, scale, known = np.zeros((len(keys), n)), np.ones((len(keys), n)), np.zeros(len(keys), bool)
-    for i, key in enumerate(keys.itertuples(index=False, name=None)):
+    mean, scale, known = np.zeros((len(panel.keys), n)), np.ones((len(panel.keys), n)), np.zeros(len(panel.keys), bool)
+    for i, key in enumerate(panel.keys.itertuples(index=False, name=None)):
         scaler = tsp.target_scaler_dict.get(key if len(key) > 1 else key[0])
         if scaler is not None:
             mean[i], scale[i], known[i] = scaler.mean_, scaler.scale_, True
-    return mean, scale, known
+    if not known.all():
+        new = np.flatnonzero(~known)
+        sub = Panel(panel.keys.iloc[new], panel.dates, panel.values[new], panel.start[new], panel.targets)
+        own = panel_scaling(fit_group_scaler(sub, fit_end=np.full(len(new), len(panel.dates))), sub)
+        mean[new], scale[new] = own.mean, own.scale
+    return Scaling(mean, scale, known)
+
+
+@dataclass(frozen=True)
+class ScaledPanel:
+    """The weekly panel, its scaling and the scaled values the model reads."""
+
+    panel: Panel
+    scaling: Scaling
+    values: np.ndarray  # scaling.apply(panel.values)
+
+
+def scale_panel(panel: Panel, tsp: TimeSeriesPreprocessor) -> ScaledPanel:
+    """The panel in the scaled units of the fitted preprocessor (unknown series: their own history)."""
+    scaling = panel_scaling(tsp, panel)
+    return ScaledPanel(panel, scaling, scaling.apply(panel.values))
 
 
 # ---- 3. split keeping every product-UF combination -----------------------------------------------------------------
@@ -547,6 +425,33 @@ def collate_windows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---- 4. model -----------------------------------------------------------------------------------------------------
 
 
+def check_hub(model_id: str) -> None:
+    """Fail in about a second, not after ~40 s of download retries, when the Hugging Face Hub cannot be reached.
+
+    A model already in the local hub cache still loads (after the retries, which the log announces).
+    """
+    import huggingface_hub
+    import requests
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    try:
+        huggingface_hub.model_info(model_id, timeout=5)
+    except (requests.ConnectionError, requests.Timeout) as err:
+        cached = Path(huggingface_hub.constants.HF_HUB_CACHE, "models--" + model_id.replace("/", "--")).is_dir()
+        if not cached:
+            raise InputError(
+                f"PRETRAINED_MODEL={model_id}: the Hugging Face Hub cannot be reached ({type(err).__name__}) and the "
+                "model is not in the local cache; work offline with a local folder: "
+                "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1 (README: 'Uso offline')"
+            ) from err
+        logger.warning(
+            "PRETRAINED_MODEL=%s: the Hub cannot be reached; loading the cached copy after the download retries "
+            "(about 40 s). Set HF_HUB_OFFLINE=1 to skip them",
+            model_id,
+        )
+
+
 def build_model(
     model_path: str, *, context_length: int, prediction_length: int, prefer_l1: bool, num_channels: int
 ) -> torch.nn.Module:
@@ -557,6 +462,8 @@ def build_model(
             f"PRETRAINED_MODEL={model_path}: folder not found; give a folder with config.json and "
             "model.safetensors, or a hub id such as ibm-granite/granite-timeseries-ttm-r2"
         )
+    if not local.exists():
+        check_hub(model_path)
     try:
         model = get_model(
             str(local) if local.exists() else model_path,
@@ -592,8 +499,8 @@ def build_model(
 
 
 def freq_token_for(model: torch.nn.Module) -> int | None:
-    """The weekly frequency token, for models pretrained with one (r2.1); None otherwise."""
-    return WEEKLY_FREQ_TOKEN if model.config.resolution_prefix_tuning else None
+    """granite-tsfm's weekly frequency token, for models pretrained with one (r2.1); None otherwise."""
+    return DEFAULT_FREQUENCY_MAPPING["W"] if model.config.resolution_prefix_tuning else None
 
 
 def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
@@ -604,7 +511,7 @@ def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
     params = dict(model.named_parameters())
     for name, p in params.items():
         p.requires_grad = any(fnmatch.fnmatchcase(name, f"*{part}*") for part in name_parts)
-    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    trainable = count_parameters(model)
     if not trainable:
         raise InputError(
             f"TRAINABLE_LAYERS={list(name_parts)} matched no parameter; names look like {list(params)[:3]}"
@@ -620,7 +527,7 @@ def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
     return trainable / total
 
 
-# ---- 5. train + save ------------------------------------------------------------------------------------------------
+# ---- 5. train -----------------------------------------------------------------------------------------------------
 
 
 def steps_per_epoch(n_windows: int, batch_size: int, grad_accum: int = 1) -> int:
@@ -628,23 +535,62 @@ def steps_per_epoch(n_windows: int, batch_size: int, grad_accum: int = 1) -> int
     return math.ceil(n_windows / (batch_size * grad_accum))
 
 
+def window_datasets(
+    data: ScaledPanel, windows: dict[str, tuple[np.ndarray, np.ndarray]], *, model: torch.nn.Module, horizon: int
+) -> dict[str, WindowDataset]:
+    """One WindowDataset per named set of window cuts, shaped for the model (its context and frequency token)."""
+    return {
+        name: WindowDataset(
+            data.values,
+            data.panel.start,
+            cuts,
+            context=model.config.context_length,
+            horizon=horizon,
+            freq_token=freq_token_for(model),
+        )
+        for name, cuts in windows.items()
+    }
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Section 5 of config.py, as the HF Trainer is given it."""
+
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    patience: int
+    seed: int
+    workers: int
+    use_cpu: bool
+
+    @classmethod
+    def from_config(cls, cfg: SimpleNamespace) -> "TrainSettings":
+        return cls(
+            cfg.LEARNING_RATE,
+            cfg.WEIGHT_DECAY,
+            cfg.NUM_TRAIN_EPOCHS,
+            cfg.BATCH_SIZE,
+            cfg.EARLY_STOPPING_PATIENCE,
+            cfg.SEED,
+            cfg.NUM_WORKERS,
+            cfg.USE_CPU,
+        )
+
+
 def make_trainer(
     model: torch.nn.Module,
-    train: torch.utils.data.Dataset,
-    valid: torch.utils.data.Dataset,
+    datasets: dict[str, WindowDataset],
     *,
     out_dir: Path,
     run_name: str,
-    lr: float,
-    weight_decay: float,
-    epochs: int,
-    batch_size: int,
-    patience: int,
-    seed: int,
-    workers: int,
-    use_cpu: bool,
+    settings: TrainSettings,
 ) -> Trainer:
-    """HF Trainer: AdamW over trainable parameters, OneCycleLR, early stopping on eval_loss, TensorBoard logs."""
+    """HF Trainer on datasets "train" and "valid": AdamW over trainable parameters, OneCycleLR, early stopping on
+    eval_loss, TensorBoard logs."""
+    train = datasets["train"]
+    lr, batch_size, epochs, use_cpu = settings.lr, settings.batch_size, settings.epochs, settings.use_cpu
     steps = steps_per_epoch(len(train), batch_size)
     args = TrainingArguments(
         output_dir=str(out_dir),
@@ -663,10 +609,10 @@ def make_trainer(
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=4 * batch_size,
         learning_rate=lr,
-        weight_decay=weight_decay,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=workers,
+        weight_decay=settings.weight_decay,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=settings.workers,
         use_cpu=use_cpu,
         label_names=["future_values"],
         remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
@@ -675,17 +621,247 @@ def make_trainer(
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
     return Trainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=valid,
+        eval_dataset=datasets["valid"],
         optimizers=(optimizer, scheduler),
         data_collator=collate_windows,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
     )
+
+
+def resume_checkpoint(results: Path, fingerprint: str, fresh: bool) -> str | None:
+    """Last checkpoint of an interrupted run with the same settings and data, else None (stale ones are removed)."""
+    stamp = results / "run_fingerprint.txt"
+    last = get_last_checkpoint(str(results)) if results.is_dir() else None
+    same = stamp.is_file() and stamp.read_text() == fingerprint
+    if last and same and not fresh:
+        logger.info("Resuming the interrupted run from %s (use --FRESH_START=True to start over)", last)
+        return last
+    for old in results.glob("checkpoint-*"):
+        shutil.rmtree(old)
+    if last:
+        logger.info(
+            "Starting fresh: %s",
+            "FRESH_START=True"
+            if fresh
+            else "settings or data changed since the checkpoints in %s were written" % results,
+        )
+    stamp.write_text(fingerprint)
+    return None
+
+
+def run_fingerprint(settings: dict, panel: Panel) -> str:
+    """sha256 of the settings that shape training and of the panel: a checkpoint resumes only the same run."""
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in settings.items() if k not in ("MODE", "LOG_LEVEL", "DEBUG", "FRESH_START")},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    digest.update(panel.values.tobytes())
+    digest.update(pd.util.hash_pandas_object(panel.keys, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fine_tune(trainer: Trainer, zero_shot: torch.nn.Module, *, checkpoint: str | None) -> tuple[torch.nn.Module, dict]:
+    """Train with early stopping, keeping the pretrained weights when validation did not improve on them.
+
+    Returns the model to use and the training figures for metricas.json.
+    """
+    pretrained_loss = trainer.evaluate()["eval_loss"]
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.remove_callback(EarlyStoppingCallback)
+    zero_shot.to(trainer.args.device)
+    if trainer.state.best_metric is not None and trainer.state.best_metric >= pretrained_loss:
+        logger.warning(
+            "Fine-tuning did not beat the pretrained model on validation (best eval_loss %.4f vs %.4f); "
+            "keeping the pretrained weights",
+            trainer.state.best_metric,
+            pretrained_loss,
+        )
+        trainer.model = zero_shot
+    runtime, epochs = out.metrics["train_runtime"], trainer.state.epoch
+    logger.info(
+        "Trained %.0f epochs in %.0f s; validation loss (%s, scaled units) pretrained %.4f, best %.4f",
+        epochs,
+        runtime,
+        trainer.model.config.loss,
+        pretrained_loss,
+        trainer.state.best_metric,
+    )
+    return trainer.model, {
+        "epochs": epochs,
+        "train_runtime_s": runtime,
+        "train_windows_per_s": len(trainer.train_dataset) * epochs / runtime,
+    }
+
+
+# ---- 6. evaluation ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def forecast_scaled(
+    model: torch.nn.Module,
+    scaled: np.ndarray,
+    start: np.ndarray,
+    windows: tuple[np.ndarray, np.ndarray],
+    *,
+    horizon: int,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Point forecasts, shape (windows, horizon, targets), in scaled units.
+
+    batch_size None: 256 windows on CPU (1,430 series/s on 2 cores against 1,400 at 128 and 1,290 at 1,024;
+    tests/benchmarks/bench_predict.py), 4,096 on GPU.
+    """
+    model.eval()
+    device, token = next(model.parameters()).device, freq_token_for(model)
+    batch_size = batch_size or (256 if device.type == "cpu" else 4096)
+    series, cuts = windows
+    out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
+    for i in range(0, len(series), batch_size):
+        batch = gather_windows(
+            scaled, start, series[i : i + batch_size], cuts[i : i + batch_size], context=model.config.context_length
+        )
+        if token is not None:
+            batch["freq_token"] = torch.full((len(batch["past_values"]),), token)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out.append(model(**batch, return_loss=False).prediction_outputs[:, :horizon].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor | None:
+    """Split-conformal intervals calibrated on validation forecasts (scaled units), or None if too few."""
+    alpha = 1 - level
+    if len(y_true) < math.ceil(1 / alpha):
+        logger.warning(
+            "Only %d validation windows: too few for %.0f%% conformal intervals; none written",
+            len(y_true),
+            100 * level,
+        )
+        return None
+    conformal = PostHocProbabilisticProcessor(
+        quantiles=[alpha / 2, 1 - alpha / 2], method="conformal", nonconformity_score="absolute_error"
+    )
+    return conformal.train(y_true.astype(np.float64), y_pred.astype(np.float64))
+
+
+def predict_with_intervals(
+    model: torch.nn.Module,
+    data: ScaledPanel,
+    windows: tuple[np.ndarray, np.ndarray],
+    conformal: PostHocProbabilisticProcessor | None,
+    *,
+    horizon: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Point forecast and interval bounds (None without conformal) in original units for the given windows."""
+    pred = forecast_scaled(model, data.values, data.panel.start, windows, horizon=horizon)
+    if conformal is None:
+        return data.scaling.invert(pred, windows[0]), None, None
+    bounds = conformal.predict(pred.astype(np.float64))
+    return tuple(data.scaling.invert(p, windows[0]) for p in (pred, bounds[..., 0], bounds[..., 1]))
+
+
+def evaluate_on_test(
+    trainer: Trainer, zero_shot: torch.nn.Module, data: ScaledPanel, split: Split, *, horizon: int, level: float
+) -> tuple[pd.DataFrame, dict, PostHocProbabilisticProcessor | None]:
+    """Intervals calibrated on validation; the trained model, zero-shot and baselines scored on the test window.
+
+    Returns the per-series metrics, the figures for metricas.json and the intervals.
+    """
+    model, panel, (series, cuts) = trainer.model, data.panel, split.test
+    test = window_datasets(data, {"test": split.test}, model=model, horizon=horizon)["test"]
+    test_loss = trainer.evaluate(test, metric_key_prefix="test")["test_loss"]
+    valid_pred = forecast_scaled(model, data.values, panel.start, split.valid, horizon=horizon)
+    valid_true = gather_windows(data.values, panel.start, *split.valid, context=0, horizon=horizon)
+    conformal = fit_intervals(valid_true["future_values"].numpy(), valid_pred, level)
+    point, lower, upper = predict_with_intervals(model, data, split.test, conformal, horizon=horizon)
+    zero_shot_pred = forecast_scaled(zero_shot, data.values, panel.start, split.test, horizon=horizon)
+    methods = {
+        "fine_tuned": point,
+        "zero_shot": data.scaling.invert(zero_shot_pred, series),
+        **baseline_forecasts(panel.values, panel.start, split.test, horizon),
+    }
+    y = panel.values[series[:, None], cuts[:, None] + np.arange(horizon)]
+    scale = mase_scale(panel.values, panel.start, split.test_start)[series]
+    per_series, overall = evaluate_methods(
+        y, methods, scale=scale, keys=panel.keys.iloc[series], targets=panel.targets
+    )
+    figures = {
+        "test_loss": test_loss,
+        "n_test_series": len(series),
+        "test_window_start": str(panel.dates[split.test_start].date()),
+        "metrics": overall,
+    }
+    coverage = ""
+    if conformal is not None:
+        inside = ((y >= lower) & (y <= upper)).mean(axis=(0, 1))
+        figures["interval_level"], figures["interval_coverage"] = level, dict(zip(panel.targets, map(float, inside)))
+        coverage = f"\n{100 * level:.0f}% interval coverage: {figures['interval_coverage']}"
+    logger.info(
+        "Test loss %.4f (%s, scaled units). Test window from %s, %d series (original units, forecasts clipped at 0):"
+        "\n%s%s",
+        test_loss,
+        model.config.loss,
+        figures["test_window_start"],
+        len(series),
+        metric_table(overall),
+        coverage,
+    )
+    return per_series, figures, conformal
+
+
+# ---- 7. forecast --------------------------------------------------------------------------------------------------
+
+
+def forecast_frame(
+    panel: Panel,
+    point: np.ndarray,
+    lower: np.ndarray | None,
+    upper: np.ndarray | None,
+    *,
+    date_column: str,
+    new_series: np.ndarray,
+) -> pd.DataFrame:
+    """previsoes.csv rows: every series x the weeks after the last date, point forecast and bounds per target."""
+    horizon = point.shape[1]
+    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
+    frame = pd.DataFrame({date_column: np.tile(dates, len(panel.keys))})
+    for col in panel.keys.columns:
+        frame[col] = np.repeat(panel.keys[col].to_numpy(), horizon)
+    for c, target in enumerate(panel.targets):
+        frame[target] = point[..., c].ravel()
+        if lower is not None:
+            frame[f"{target}_lower"] = lower[..., c].ravel()
+            frame[f"{target}_upper"] = upper[..., c].ravel()
+    frame["new_series"] = np.repeat(new_series, horizon)
+    return frame
+
+
+def forecast_future(
+    model: torch.nn.Module,
+    data: ScaledPanel,
+    conformal: PostHocProbabilisticProcessor | None,
+    *,
+    horizon: int,
+    date_column: str,
+) -> pd.DataFrame:
+    """previsoes.csv rows: every series forecast from its last week (point and bounds, original units); series the
+    scaler did not know are flagged new_series."""
+    panel = data.panel
+    windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
+    forecasts = predict_with_intervals(model, data, windows, conformal, horizon=horizon)
+    return forecast_frame(panel, *forecasts, date_column=date_column, new_series=~data.scaling.known)
+
+
+# ---- 8. save ------------------------------------------------------------------------------------------------------
 
 
 def _sha256(path: Path) -> str:
@@ -767,237 +943,7 @@ def load_artifacts(
     return model, tsp, conformal, settings
 
 
-# ---- evaluation and forecast ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def forecast_scaled(
-    model: torch.nn.Module,
-    scaled: np.ndarray,
-    start: np.ndarray,
-    windows: tuple[np.ndarray, np.ndarray],
-    *,
-    horizon: int,
-    batch_size: int | None = None,
-) -> np.ndarray:
-    """Point forecasts, shape (windows, horizon, targets), in scaled units.
-
-    batch_size None: 256 windows on CPU (1,430 series/s on 2 cores against 1,400 at 128 and 1,290 at 1,024;
-    tests/benchmarks/bench_predict.py), 4,096 on GPU.
-    """
-    model.eval()
-    device, token = next(model.parameters()).device, freq_token_for(model)
-    batch_size = batch_size or (256 if device.type == "cpu" else 4096)
-    series, cuts = windows
-    out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
-    for i in range(0, len(series), batch_size):
-        batch = gather_windows(
-            scaled, start, series[i : i + batch_size], cuts[i : i + batch_size], context=model.config.context_length
-        )
-        if token is not None:
-            batch["freq_token"] = torch.full((len(batch["past_values"]),), token)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out.append(model(**batch, return_loss=False).prediction_outputs[:, :horizon].float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def mase_scale(values: np.ndarray, start: np.ndarray, end: int) -> np.ndarray:
-    """In-sample seasonal-naive-52 MAE per series and target before week `end` (lag 1 with < 53 weeks of history)."""
-    lag = np.where(end - start >= 53, 52, 1)
-    t = np.arange(values.shape[1])
-    scale = np.full((len(values), values.shape[2]), np.nan)
-    for lag_value in (1, 52):
-        rows = lag == lag_value
-        valid = (t[lag_value:] - lag_value >= start[rows, None]) & (t[lag_value:] < end)
-        diff = np.abs(values[rows, lag_value:] - values[rows, :-lag_value]) * valid[..., None]
-        scale[rows] = diff.sum(1) / np.maximum(valid.sum(1), 1)[:, None]
-    return scale
-
-
-def baseline_forecasts(
-    values: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray], horizon: int
-) -> dict[str, np.ndarray]:
-    """Seasonal naive (same week last year; last value when the series is younger) and naive (last value)."""
-    series, cuts = windows
-    naive = np.repeat(values[series, cuts - 1][:, None], horizon, axis=1)
-    t = cuts[:, None] + np.arange(horizon) - 52
-    seasonal = np.where((t >= start[series, None])[..., None], values[series[:, None], np.maximum(t, 0)], naive)
-    return {"seasonal_naive": seasonal, "naive": naive}
-
-
-def error_metrics(y: np.ndarray, pred: np.ndarray, scale: np.ndarray | float) -> dict[str, float | np.ndarray]:
-    """MAE, RMSE, WAPE, MASE and bias over the last axis (or all of it when y is 1-D)."""
-    err = pred - y
-    total = np.abs(y).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mae = np.abs(err).mean(-1)
-        return {
-            "mae": mae,
-            "rmse": np.sqrt((err**2).mean(-1)),
-            "wape": np.abs(err).sum(-1) / total,
-            "mase": mae / scale,
-            "bias": err.sum(-1) / total,
-        }
-
-
-def evaluate_methods(panel: Panel, split: Split, forecasts: dict[str, np.ndarray]) -> tuple[pd.DataFrame, dict]:
-    """Per-series and overall metrics of each method on the test window, in original units."""
-    series, cuts = split.test
-    horizon = forecasts[next(iter(forecasts))].shape[1]
-    y = panel.values[series[:, None], cuts[:, None] + np.arange(horizon)]
-    scale = mase_scale(panel.values, panel.start, split.test_start)[series]
-    rows, overall = [], {}
-    for method, pred in forecasts.items():
-        for c, target in enumerate(panel.targets):
-            per_series = error_metrics(y[..., c], pred[..., c], scale[:, c])
-            rows.append(panel.keys.iloc[series].assign(target=target, method=method, **per_series))
-            pooled = error_metrics(y[..., c].ravel(), pred[..., c].ravel(), 1.0)
-            pooled["mase"] = float(np.nanmean(np.where(np.isfinite(per_series["mase"]), per_series["mase"], np.nan)))
-            overall.setdefault(target, {})[method] = {k: float(v) for k, v in pooled.items()}
-    return pd.concat(rows, ignore_index=True), overall
-
-
-def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor | None:
-    """Split-conformal intervals calibrated on validation forecasts (scaled units), or None if too few."""
-    alpha = 1 - level
-    if len(y_true) < math.ceil(1 / alpha):
-        logger.warning(
-            "Only %d validation windows: too few for %.0f%% conformal intervals; none written",
-            len(y_true),
-            100 * level,
-        )
-        return None
-    conformal = PostHocProbabilisticProcessor(
-        quantiles=[alpha / 2, 1 - alpha / 2], method="conformal", nonconformity_score="absolute_error"
-    )
-    return conformal.train(y_true.astype(np.float64), y_pred.astype(np.float64))
-
-
-def unscale(scaled: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Back to original units, clipped at 0 (sales and revenue cannot be negative)."""
-    return np.clip(scaled * scale[:, None] + mean[:, None], 0, None)
-
-
-def predict_with_intervals(
-    model: torch.nn.Module,
-    scaled: np.ndarray,
-    panel: Panel,
-    windows: tuple,
-    mean: np.ndarray,
-    scale: np.ndarray,
-    conformal: PostHocProbabilisticProcessor | None,
-    horizon: int,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Point forecast and interval bounds in original units for the given windows."""
-    pred = forecast_scaled(model, scaled, panel.start, windows, horizon=horizon)
-    m, s = mean[windows[0]], scale[windows[0]]
-    if conformal is None:
-        return unscale(pred, m, s), None, None
-    bounds = conformal.predict(pred.astype(np.float64))
-    return unscale(pred, m, s), unscale(bounds[..., 0], m, s), unscale(bounds[..., 1], m, s)
-
-
-def forecast_frame(
-    panel: Panel,
-    point: np.ndarray,
-    lower: np.ndarray | None,
-    upper: np.ndarray | None,
-    *,
-    date_column: str,
-    new_series: np.ndarray,
-) -> pd.DataFrame:
-    """previsoes.csv rows: every series x the weeks after the last date, point forecast and bounds per target."""
-    horizon = point.shape[1]
-    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
-    frame = pd.DataFrame({date_column: np.tile(dates, len(panel.keys))})
-    for col in panel.keys.columns:
-        frame[col] = np.repeat(panel.keys[col].to_numpy(), horizon)
-    for c, target in enumerate(panel.targets):
-        frame[target] = point[..., c].ravel()
-        if lower is not None:
-            frame[f"{target}_lower"] = lower[..., c].ravel()
-            frame[f"{target}_upper"] = upper[..., c].ravel()
-    frame["new_series"] = np.repeat(new_series, horizon)
-    return frame
-
-
-def forecast_future(
-    model: torch.nn.Module,
-    scaled: np.ndarray,
-    panel: Panel,
-    mean: np.ndarray,
-    scale: np.ndarray,
-    conformal: PostHocProbabilisticProcessor | None,
-    horizon: int,
-    *,
-    date_column: str,
-    new_series: np.ndarray,
-) -> pd.DataFrame:
-    """previsoes.csv rows: every series forecast from its last week (point and bounds, original units)."""
-    windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    forecasts = predict_with_intervals(model, scaled, panel, windows, mean, scale, conformal, horizon)
-    return forecast_frame(panel, *forecasts, date_column=date_column, new_series=new_series)
-
-
-def write_forecasts(frame: pd.DataFrame, path: Path, *, date_column: str) -> None:
-    """previsoes.csv with dates as YYYY-MM-DD and 4 decimals, atomically.
-
-    pyarrow's writer: 0.04 s against 0.20 s for DataFrame.to_csv on 2,000 series (float formatting); it quotes text.
-    """
-    table = pa.Table.from_pandas(frame.round(4), preserve_index=False)
-    column = table.schema.get_field_index(date_column)
-    table = table.set_column(column, date_column, table[date_column].cast(pa.date32()))
-    staging = path.with_name(path.name + ".tmp")
-    pa_csv.write_csv(table, staging)
-    staging.replace(path)
-
-
-def plot_results(
-    panel: Panel, future: pd.DataFrame, overall: dict, out_dir: Path, *, top_n: int, date_column: str, level: float
-) -> None:
-    """PNG plots: history + forecast + interval of the top series by revenue, and test accuracy by method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = panel.targets[-1]
-    top = np.argsort(-panel.values[..., -1].sum(1))[:top_n]
-    ids = list(panel.keys.columns)
-    for rank, s in enumerate(top, start=1):
-        key = panel.keys.iloc[s]
-        rows = future[(future[ids] == key.to_numpy()).all(axis=1)]
-        fig, ax = plt.subplots(figsize=(10, 4))
-        shown = slice(max(panel.start[s], len(panel.dates) - 104), None)
-        ax.plot(panel.dates[shown], panel.values[s, shown, -1], label="history", color="black")
-        ax.plot(rows[date_column], rows[target], label="forecast", color="tab:blue")
-        if f"{target}_lower" in rows:
-            ax.fill_between(
-                rows[date_column],
-                rows[f"{target}_lower"],
-                rows[f"{target}_upper"],
-                alpha=0.25,
-                color="tab:blue",
-                label=f"{100 * level:.0f}% interval",
-            )
-        ax.set_title(f"{target}: " + ", ".join(f"{k}={v}" for k, v in key.items()))
-        ax.legend()
-        fig.savefig(out_dir / f"forecast_{rank:02d}.png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-    methods = list(next(iter(overall.values())))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(overall)
-    for i, (tgt, by_method) in enumerate(overall.items()):
-        ax.bar(np.arange(len(methods)) + i * width, [by_method[m]["wape"] for m in methods], width, label=tgt)
-    ax.set_xticks(np.arange(len(methods)) + width * (len(overall) - 1) / 2, methods)
-    ax.set_ylabel("WAPE on the test window (lower is better)")
-    ax.legend()
-    fig.savefig(out_dir / "accuracy_by_method.png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
-# ---- main -----------------------------------------------------------------------------------------------------------
+# ---- the run ------------------------------------------------------------------------------------------------------
 
 
 class PhaseClock:
@@ -1035,76 +981,15 @@ def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
             raise InputError(f"{folder}: only {free_mb:.0f} MB free, MIN_FREE_DISK_MB={min_free_mb}; free some space")
 
 
-def resume_checkpoint(results: Path, fingerprint: str, fresh: bool) -> str | None:
-    """Last checkpoint of an interrupted run with the same settings and data, else None (stale ones are removed)."""
-    stamp = results / "run_fingerprint.txt"
-    last = get_last_checkpoint(str(results)) if results.is_dir() else None
-    same = stamp.is_file() and stamp.read_text() == fingerprint
-    if last and same and not fresh:
-        logger.info("Resuming the interrupted run from %s (use --FRESH_START=True to start over)", last)
-        return last
-    for old in results.glob("checkpoint-*"):
-        shutil.rmtree(old)
-    if last:
-        logger.info(
-            "Starting fresh: %s",
-            "FRESH_START=True"
-            if fresh
-            else "settings or data changed since the checkpoints in %s were written" % results,
-        )
-    stamp.write_text(fingerprint)
-    return None
-
-
-def _fingerprint(cfg: dict, panel: Panel) -> str:
-    digest = hashlib.sha256(
-        json.dumps(
-            {k: v for k, v in cfg.items() if k not in ("MODE", "LOG_LEVEL", "DEBUG", "FRESH_START")},
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
-    digest.update(panel.values.tobytes())
-    digest.update(pd.util.hash_pandas_object(panel.keys, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_sales(cfg, results: Path) -> pd.DataFrame:
-    """The user's CSV, or synthetic data when the default DATA_PATH does not exist (saved for inspection)."""
-    if cfg.DATA_PATH == config.DATA_PATH and not Path(cfg.DATA_PATH).exists() and cfg.MODE == "train":
-        sales = synthesize_sales(seed=cfg.SEED, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS)
-        sales = sales[[cfg.DATE_COLUMN, *cfg.ID_COLUMNS, *cfg.TARGET_COLUMNS]]
-        sales.to_csv(results / "dados_sinteticos.csv", index=False)
-        logger.warning(
-            "SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series), saved "
-            "to %s. Put your CSV at %s or set --DATA_PATH.",
-            cfg.DATA_PATH,
-            len(sales),
-            sales.groupby(list(cfg.ID_COLUMNS)).ngroups,
-            results / "dados_sinteticos.csv",
-            cfg.DATA_PATH,
-        )
-        return sales
-    return read_sales_csv(
-        cfg.DATA_PATH, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
-    )
-
-
-def run_train(cfg) -> dict:
-    """Sections 1-5, then evaluation against baselines, the future forecast and the saved model."""
-    results, final_dir = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR)
+def run_train(cfg: SimpleNamespace) -> dict:
+    """The training run, one named call per section; returns the metrics also written to metricas.json."""
+    results, final_dir, clock = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR), PhaseClock()
     check_output_dirs([results, final_dir.resolve().parent], cfg.MIN_FREE_DISK_MB)
-    clock = PhaseClock()
-    sales = load_sales(cfg, results)  # 1
+    columns = {"date_column": cfg.DATE_COLUMN, "id_columns": cfg.ID_COLUMNS, "target_columns": cfg.TARGET_COLUMNS}
+    synthetic_dir = results if cfg.DATA_PATH == config.DATA_PATH else None  # only the default path may be absent
+    sales = load_sales(cfg.DATA_PATH, **columns, seed=cfg.SEED, synthetic_dir=synthetic_dir)  # 1
     clock.lap("load")
-    panel, anchor = resample_weekly(  # 2
-        sales,
-        date_column=cfg.DATE_COLUMN,
-        id_columns=cfg.ID_COLUMNS,
-        target_columns=cfg.TARGET_COLUMNS,
-        anchor=cfg.WEEK_ANCHOR,
-        source=cfg.DATA_PATH,
-    )
+    panel, anchor = resample_weekly(sales, **columns, anchor=cfg.WEEK_ANCHOR, source=cfg.DATA_PATH)  # 2
     split = split_by_time(  # 3
         panel,
         horizon=cfg.PREDICTION_LENGTH,
@@ -1112,9 +997,8 @@ def run_train(cfg) -> dict:
         stride=cfg.TRAIN_STRIDE,
         max_windows=cfg.MAX_TRAIN_WINDOWS,
     )
-    tsp = fit_group_scaler(panel, fit_end=split.fit_end, id_columns=cfg.ID_COLUMNS)
-    mean, scale, _ = scaler_arrays(tsp, panel.keys)
-    scaled = (panel.values - mean[:, None]) / scale[:, None]
+    tsp = fit_group_scaler(panel, fit_end=split.fit_end)  # 2, on the training weeks the split leaves
+    data = scale_panel(panel, tsp)
     clock.lap("preprocess")
     model = build_model(  # 4
         cfg.PRETRAINED_MODEL,
@@ -1125,231 +1009,103 @@ def run_train(cfg) -> dict:
     )
     zero_shot = copy.deepcopy(model)  # the same pretrained weights, kept untouched for the comparison
     trainable = unfreeze_only(model, cfg.TRAINABLE_LAYERS)
-    token = freq_token_for(model)
-    datasets = {
-        k: WindowDataset(
-            scaled,
-            panel.start,
-            getattr(split, k),
-            context=model.config.context_length,
-            horizon=cfg.PREDICTION_LENGTH,
-            freq_token=token,
-        )
-        for k in ("train", "valid", "test")
-    }
+    datasets = window_datasets(
+        data, {"train": split.train, "valid": split.valid}, model=model, horizon=cfg.PREDICTION_LENGTH
+    )
     trainer = make_trainer(  # 5
-        model,
-        datasets["train"],
-        datasets["valid"],
-        out_dir=results,
-        run_name=Path(cfg.DATA_PATH).stem,
-        lr=cfg.LEARNING_RATE,
-        weight_decay=cfg.WEIGHT_DECAY,
-        epochs=cfg.NUM_TRAIN_EPOCHS,
-        batch_size=cfg.BATCH_SIZE,
-        patience=cfg.EARLY_STOPPING_PATIENCE,
-        seed=cfg.SEED,
-        workers=cfg.NUM_WORKERS,
-        use_cpu=cfg.USE_CPU,
+        model, datasets, out_dir=results, run_name=Path(cfg.DATA_PATH).stem, settings=TrainSettings.from_config(cfg)
     )
-    logger.info(
-        "Training on %s: %d windows/epoch, batch %d, lr %g, up to %d epochs",
-        trainer.args.device,
-        len(datasets["train"]),
-        cfg.BATCH_SIZE,
-        cfg.LEARNING_RATE,
-        cfg.NUM_TRAIN_EPOCHS,
-    )
-    checkpoint = resume_checkpoint(results, _fingerprint(vars(cfg), panel), cfg.FRESH_START)
+    checkpoint = resume_checkpoint(results, run_fingerprint(vars(cfg), panel), cfg.FRESH_START)
     clock.lap("model")
-    pretrained_loss = trainer.evaluate()["eval_loss"]
-    train_out = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.remove_callback(EarlyStoppingCallback)
-    zero_shot.to(trainer.args.device)
-    if trainer.state.best_metric is not None and trainer.state.best_metric >= pretrained_loss:
-        logger.warning(
-            "Fine-tuning did not beat the pretrained model on validation (best eval_loss %.4f vs %.4f); "
-            "keeping the pretrained weights",
-            trainer.state.best_metric,
-            pretrained_loss,
-        )
-        trainer.model = model = zero_shot
-    test_loss = trainer.evaluate(datasets["test"], metric_key_prefix="test")["test_loss"]
-    epochs = trainer.state.epoch
+    model, training = fine_tune(trainer, zero_shot, checkpoint=checkpoint)
     clock.lap("train")
-    logger.info(
-        "Test loss %.4f (%s, scaled units) after %.0f epochs, %.0f s; pretrained validation loss %.4f, best %.4f",
-        test_loss,
-        model.config.loss,
-        epochs,
-        train_out.metrics["train_runtime"],
-        pretrained_loss,
-        trainer.state.best_metric,
+    per_series, evaluation, conformal = evaluate_on_test(  # 6
+        trainer, zero_shot, data, split, horizon=cfg.PREDICTION_LENGTH, level=cfg.INTERVAL_LEVEL
     )
-    valid_pred = forecast_scaled(model, scaled, panel.start, split.valid, horizon=cfg.PREDICTION_LENGTH)
-    valid_true = gather_windows(scaled, panel.start, *split.valid, context=0, horizon=cfg.PREDICTION_LENGTH)
-    conformal = fit_intervals(valid_true["future_values"].numpy(), valid_pred, cfg.INTERVAL_LEVEL)
-    point, lower, upper = predict_with_intervals(
-        model, scaled, panel, split.test, mean, scale, conformal, cfg.PREDICTION_LENGTH
-    )
-    methods = {
-        "fine_tuned": point,
-        "zero_shot": unscale(
-            forecast_scaled(zero_shot, scaled, panel.start, split.test, horizon=cfg.PREDICTION_LENGTH),
-            mean[split.test[0]],
-            scale[split.test[0]],
-        ),
-        **baseline_forecasts(panel.values, panel.start, split.test, cfg.PREDICTION_LENGTH),
-    }
-    per_series, overall = evaluate_methods(panel, split, methods)
-    metrics = {
-        "test_loss": test_loss,
-        "epochs": epochs,
-        "train_runtime_s": train_out.metrics["train_runtime"],
-        "train_windows_per_s": len(datasets["train"]) * epochs / train_out.metrics["train_runtime"],
-        "trainable_fraction": trainable,
-        "n_series": len(panel.keys),
-        "n_test_series": len(split.test[0]),
-        "test_window_start": str(panel.dates[split.test_start].date()),
-        "metrics": overall,
-    }
-    if conformal is not None:
-        y_test = panel.values[split.test[0][:, None], split.test_start + np.arange(cfg.PREDICTION_LENGTH)]
-        coverage = ((y_test >= lower) & (y_test <= upper)).mean(axis=(0, 1))
-        metrics["interval_level"] = cfg.INTERVAL_LEVEL
-        metrics["interval_coverage"] = dict(zip(panel.targets, map(float, coverage)))
-    report_metrics(per_series, metrics, results, trainer)
     clock.lap("evaluate")
-
-    future = forecast_future(
-        model,
-        scaled,
-        panel,
-        mean,
-        scale,
-        conformal,
-        cfg.PREDICTION_LENGTH,
-        date_column=cfg.DATE_COLUMN,
-        new_series=np.zeros(len(panel.keys), bool),
-    )
+    future = forecast_future(model, data, conformal, horizon=cfg.PREDICTION_LENGTH, date_column=cfg.DATE_COLUMN)  # 7
     write_forecasts(future, results / "previsoes.csv", date_column=cfg.DATE_COLUMN)
-    metrics["forecast_series_per_s"] = len(panel.keys) / clock.lap("forecast")
-    logger.info(
-        "Wrote %s: %d series x %d weeks from %s",
-        results / "previsoes.csv",
-        len(panel.keys),
-        cfg.PREDICTION_LENGTH,
-        future[cfg.DATE_COLUMN].min().date(),
+    forecast_rate = len(panel.keys) / clock.lap("forecast")
+    plot_results(  # 8
+        panel, future, evaluation["metrics"], results / "plots", top_n=cfg.PLOT_TOP_SERIES, level=cfg.INTERVAL_LEVEL
     )
-    plot_results(
-        panel,
-        future,
-        overall,
-        results / "plots",
-        top_n=cfg.PLOT_TOP_SERIES,
-        date_column=cfg.DATE_COLUMN,
-        level=cfg.INTERVAL_LEVEL,
-    )
-    settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "model_context_length": model.config.context_length}
     clock.lap("plots")
+    settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "model_context_length": model.config.context_length}
     save_artifacts(model, tsp, conformal, settings, final_dir)
     clock.lap("save")
-    metrics["phase_seconds"] = clock.seconds
+    metrics = {**training, "trainable_fraction": trainable, "n_series": len(panel.keys), **evaluation}
+    metrics |= {"forecast_series_per_s": forecast_rate, "phase_seconds": clock.seconds}
+    write_metrics(metrics, per_series, results, logging_dir=trainer.args.logging_dir, step=trainer.state.global_step)
     logger.info("Done in %s", clock)
     return metrics
 
 
-def report_metrics(per_series: pd.DataFrame, metrics: dict, results: Path, trainer: Trainer) -> None:
-    """Write metricas_por_serie.csv and metricas.json, log a short table, add the figures to TensorBoard."""
-    per_series.to_csv(results / "metricas_por_serie.csv", index=False)
-    (results / "metricas.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(trainer.args.logging_dir)
-    lines = [f"{'target':<12} {'method':<15} {'WAPE':>7} {'MASE':>7} {'MAE':>10} {'bias':>7}"]
-    for target, by_method in metrics["metrics"].items():
-        for method, m in by_method.items():
-            lines.append(
-                f"{target:<12} {method:<15} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} {m['bias']:>+7.3f}"
-            )
-            for name, value in m.items():
-                writer.add_scalar(f"test/{target}/{method}/{name}", value, int(trainer.state.global_step))
-    writer.close()
-    coverage = metrics.get("interval_coverage")
-    logger.info(
-        "Test window from %s, %d series (original units, forecasts clipped at 0):\n%s%s",
-        metrics["test_window_start"],
-        metrics["n_test_series"],
-        "\n".join(lines),
-        f"\n{100 * metrics['interval_level']:.0f}% interval coverage: {coverage}" if coverage else "",
-    )
-
-
-def run_predict(cfg) -> dict:
+def run_predict(cfg: SimpleNamespace) -> dict:
     """Forecast new data with FINAL_MODEL_DIR, without training."""
     results, clock = Path(cfg.RESULTS_DIR), PhaseClock()
     check_output_dirs([results], 1)
     model, tsp, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR))
     clock.lap("load model")
-    ids, targets = tuple(saved["ID_COLUMNS"]), tuple(saved["TARGET_COLUMNS"])
-    sales = read_sales_csv(cfg.DATA_PATH, date_column=saved["DATE_COLUMN"], id_columns=ids, target_columns=targets)
+    date_column, ids, targets = saved["DATE_COLUMN"], tuple(saved["ID_COLUMNS"]), tuple(saved["TARGET_COLUMNS"])
+    sales = read_sales_csv(cfg.DATA_PATH, date_column=date_column, id_columns=ids, target_columns=targets)
     clock.lap("read")
     panel, _ = resample_weekly(
         sales,
-        date_column=saved["DATE_COLUMN"],
+        date_column=date_column,
         id_columns=ids,
         target_columns=targets,
         anchor=saved["WEEK_ANCHOR"],
         source=cfg.DATA_PATH,
     )
-    mean, scale, known = scaler_arrays(tsp, panel.keys)
-    if not known.all():
-        new = np.flatnonzero(~known)
-        sub = replace(panel, keys=panel.keys.iloc[new], values=panel.values[new], start=panel.start[new])
-        own = fit_group_scaler(sub, fit_end=np.full(len(new), len(panel.dates)), id_columns=ids)
-        mean[new], scale[new], _ = scaler_arrays(own, sub.keys)
+    data = scale_panel(panel, tsp)
+    new = ~data.scaling.known
+    if new.any():
         logger.warning(
             "%d series were not in training; scaled on their own history and flagged new_series: %s",
-            len(new),
-            sub.keys.head(10).to_dict("records"),
+            new.sum(),
+            panel.keys[new].head(10).to_dict("records"),
         )
-    scaled = (panel.values - mean[:, None]) / scale[:, None]
-    horizon = int(saved["PREDICTION_LENGTH"])
     clock.lap("preprocess")
-    future = forecast_future(
-        model, scaled, panel, mean, scale, conformal, horizon, date_column=saved["DATE_COLUMN"], new_series=~known
-    )
+    future = forecast_future(model, data, conformal, horizon=int(saved["PREDICTION_LENGTH"]), date_column=date_column)
     clock.lap("forecast")
-    write_forecasts(future, results / "previsoes.csv", date_column=saved["DATE_COLUMN"])
+    write_forecasts(future, results / "previsoes.csv", date_column=date_column)
     clock.lap("write")
-    logger.info(
-        "Wrote %s: %d series x %d weeks (%d new series)",
-        results / "previsoes.csv",
-        len(panel.keys),
-        horizon,
-        (~known).sum(),
-    )
     logger.info("Done in %s", clock)
-    return {"n_series": len(panel.keys), "n_new_series": int((~known).sum()), "phase_seconds": clock.seconds}
+    return {"n_series": len(panel.keys), "n_new_series": int(new.sum()), "phase_seconds": clock.seconds}
+
+
+def _one_line(err: BaseException, batch_size: int) -> str:
+    """The error as the user should read it: what failed and what to change."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return (
+            f"CUDA out of memory with BATCH_SIZE={batch_size} (evaluation batches are 4x that); "
+            f"try --BATCH_SIZE={max(1, batch_size // 2)}"
+        )
+    return str(err)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the pipeline; return its metrics. Input errors end the process with one line (traceback with DEBUG)."""
+    """Run the pipeline; return its metrics. Settings and input errors end the process with one line (exit 2; the
+    traceback with --DEBUG=True); --help lists the settings."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, force=True)  # ours, over granite-tsfm's import-time one
+    if {"-h", "--help"} & set(argv):
+        sys.stdout.write(config.help_text() + "\n")
+        raise SystemExit(0)
     try:
-        cfg = config.resolve(sys.argv[1:] if argv is None else argv, os.environ)
+        cfg = config.resolve(argv, os.environ)
     except (ValueError, FileNotFoundError) as err:
-        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-        logger.error("%s", err)
+        logger.error("%s (python ttm_model.py --help lists every setting)", err)
         raise SystemExit(2) from None
-    logging.basicConfig(level=cfg.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger().setLevel(cfg.LOG_LEVEL)
     logger.info("Settings: %s", json.dumps(vars(cfg), default=str))
     set_seed(cfg.SEED)
     try:
         return run_predict(cfg) if cfg.MODE == "predict" else run_train(cfg)
-    except (InputError, FileNotFoundError) as err:
+    except (InputError, FileNotFoundError, torch.cuda.OutOfMemoryError) as err:
         if cfg.DEBUG:
             raise
-        logger.error("%s", err)
+        logger.error("%s", _one_line(err, cfg.BATCH_SIZE))
         raise SystemExit(2) from None
 
 

@@ -1,4 +1,9 @@
+import re
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT
 
 import config
 
@@ -46,7 +51,102 @@ def test_type_errors_are_explained():
         config.resolve(["--NUM_TRAIN_EPOCHS=1.5"], {})
     with pytest.raises(ValueError, match="USE_CPU must be True or False"):
         config.resolve(["--USE_CPU=maybe"], {})
-    with pytest.raises(ValueError, match="expected --KEY=value, got 'SEED'"):
+    with pytest.raises(ValueError, match=r"expected --KEY=value \(or --help\), got 'SEED'"):
         config.resolve(["SEED"], {})
-    with pytest.raises(ValueError, match="MODE must be 'train' or 'predict'"):
-        config.resolve(["--MODE=serve"], {})
+
+
+# One bad value for every setting of config.py: (value on the command line, words the one-line error must hold).
+BAD_VALUES = {
+    "MODE": ("serve", "MODE='serve' is not allowed: use 'train' or 'predict'"),
+    "SEED": ("-1", "SEED=-1 is not allowed: use an integer >= 0"),
+    "LOG_LEVEL": ("LOUD", "LOG_LEVEL='LOUD' is not allowed"),
+    "DEBUG": ("maybe", "DEBUG must be True or False"),
+    "FRESH_START": ("2", "FRESH_START must be True or False"),
+    "USE_CPU": ("gpu", "USE_CPU must be True or False"),
+    "DATA_PATH": ("' '", "DATA_PATH=' ' is not allowed: use a CSV path"),
+    "DATE_COLUMN": ("vendas", "DATE_COLUMN='vendas' is also in TARGET_COLUMNS"),
+    "ID_COLUMNS": ("a,b,c,d", "ID_COLUMNS=('a', 'b', 'c', 'd') is not allowed: use 1 to 3 distinct"),
+    "TARGET_COLUMNS": ("vendas,vendas", "TARGET_COLUMNS=('vendas', 'vendas') is not allowed: use 1 or more distinct"),
+    "WEEK_ANCHOR": ("W-XYZ", "WEEK_ANCHOR='W-XYZ' is not allowed: use 'auto' or W-MON .. W-SUN"),
+    "MIN_CONTEXT_WEEKS": ("0", "MIN_CONTEXT_WEEKS=0 is not allowed: use an integer >= 1"),
+    "TRAIN_STRIDE": ("0", "TRAIN_STRIDE=0 is not allowed: use an integer >= 1"),
+    "MAX_TRAIN_WINDOWS": ("-5", "MAX_TRAIN_WINDOWS=-5 is not allowed: use an integer >= 0"),
+    "PRETRAINED_MODEL": ("''", "PRETRAINED_MODEL='' is not allowed: use a hub id or a local folder"),
+    "CONTEXT_LENGTH": ("0", "CONTEXT_LENGTH=0 is not allowed: use an integer >= 1"),
+    "PREDICTION_LENGTH": ("0", "PREDICTION_LENGTH=0 is not allowed: use an integer >= 1"),
+    "PREFER_L1_LOSS": ("l1", "PREFER_L1_LOSS must be True or False"),
+    "TRAINABLE_LAYERS": ("()", "TRAINABLE_LAYERS=() is not allowed: use 1 or more parameter-name parts"),
+    "LEARNING_RATE": ("-0.001", "LEARNING_RATE=-0.001 is not allowed: use a number > 0"),
+    "WEIGHT_DECAY": ("-1", "WEIGHT_DECAY=-1.0 is not allowed: use a number >= 0"),
+    "NUM_TRAIN_EPOCHS": ("0", "NUM_TRAIN_EPOCHS=0 is not allowed: use an integer >= 1"),
+    "BATCH_SIZE": ("0", "BATCH_SIZE=0 is not allowed: use an integer >= 1"),
+    "EARLY_STOPPING_PATIENCE": ("-1", "EARLY_STOPPING_PATIENCE=-1 is not allowed: use an integer >= 0"),
+    "NUM_WORKERS": ("-2", "NUM_WORKERS=-2 is not allowed: use an integer >= 0"),
+    "MIN_FREE_DISK_MB": ("-1", "MIN_FREE_DISK_MB=-1 is not allowed: use an integer >= 0"),
+    "INTERVAL_LEVEL": ("1.5", "INTERVAL_LEVEL=1.5 is not allowed: use a number between 0 and 1"),
+    "PLOT_TOP_SERIES": ("-1", "PLOT_TOP_SERIES=-1 is not allowed: use an integer >= 0"),
+    "RESULTS_DIR": ("final_ttm_model", "RESULTS_DIR and FINAL_MODEL_DIR are the same folder"),
+    "FINAL_MODEL_DIR": ("''", "FINAL_MODEL_DIR='' is not allowed: use a folder path"),
+}
+
+
+def test_every_setting_has_a_bad_value_case():
+    assert set(BAD_VALUES) == set(config.defaults())
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_bad_value_is_refused_with_key_value_and_allowed(key):
+    raw, words = BAD_VALUES[key]
+    with pytest.raises(ValueError) as err:
+        config.resolve([f"--{key}={raw}"], {})
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--ID_COLUMNS=produto_cat,vendas"], "TARGET_COLUMNS and ID_COLUMNS both name column 'vendas'"),
+        (["--DATE_COLUMN=uf_cat"], "DATE_COLUMN and ID_COLUMNS both name column 'uf_cat'"),
+        (["--LEARNING_RATE=nan"], "LEARNING_RATE must be float"),
+        (["--TARGET_COLUMNS=(1, 2)"], "TARGET_COLUMNS must be a comma-separated list of names"),
+    ],
+)
+def test_settings_that_clash(argv, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        config.resolve(argv, {})
+
+
+def test_good_edge_values_pass():
+    cfg = config.resolve(["--EARLY_STOPPING_PATIENCE=0", "--MAX_TRAIN_WINDOWS=0", "--WEEK_ANCHOR=W-WED"], {})
+    assert cfg.EARLY_STOPPING_PATIENCE == 0 and cfg.WEEK_ANCHOR == "W-WED"
+    assert config.resolve(["--ID_COLUMNS=loja,sku,canal", "--TARGET_COLUMNS=receita"], {}).ID_COLUMNS == (
+        "loja",
+        "sku",
+        "canal",
+    )
+
+
+def test_help_lists_every_setting_with_default_type_and_comment():
+    text = config.help_text()
+    for key, default in config.defaults().items():
+        assert f"--{key}=" in text, key
+    assert "--BATCH_SIZE=64  (int)\n      windows per step (train and eval)" in text
+    assert "\n5. training\n" in text and text.index("0. run") < text.index("5. training")
+
+
+def test_cli_help_and_bad_setting_in_our_log_format(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ttm_model.py"), "-h"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and "--LEARNING_RATE=3e-3  (float)" in run.stdout
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "ttm_model.py"), "--LEARNING_RATE=-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ ERROR ttm_model: LEARNING_RATE=-1.0 is not allowed: .*", lines[0])

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_panel
 
-from ttm_model import InputError, forecast_frame, read_sales_csv, resample_weekly, split_by_time, write_forecasts
+from sales_csv import InputError, read_sales_csv, write_forecasts
+from ttm_model import forecast_frame, resample_weekly, split_by_time, synthesize_sales
 
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
@@ -255,3 +256,16 @@ def test_text_ids_round_trip_to_the_forecast_file(tmp_path):
     assert list(back["date"][:horizon]) == ["2022-03-27", "2022-04-03", "2022-04-10"]  # weeks after 2022-03-20
     np.testing.assert_array_equal(back["vendas_upper"], (point[..., 0] * 1.1).round(4).ravel())
     assert back["new_series"].dtype == bool and not back["new_series"].any()
+
+
+@pytest.mark.parametrize(
+    "ids, targets",
+    [(("sku",), ("receita",)), (("loja", "sku", "canal"), ("vendas", "faturamento", "margem"))],
+)
+def test_synthetic_panel_honours_column_settings(ids, targets):
+    df = synthesize_sales(
+        seed=0, date_column="semana", id_columns=ids, target_columns=targets, n_products=2, ufs=("SP", "RJ")
+    )
+    assert list(df.columns) == ["semana", *ids, *targets]
+    assert df.groupby(list(ids)).ngroups == 4 and (df[list(targets)] >= 0).all().all()
+    assert df[targets[0]].sum() > 0 and pd.api.types.is_datetime64_any_dtype(df["semana"])

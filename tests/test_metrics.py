@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ttm_model import baseline_forecasts, error_metrics, mase_scale, unscale
+from evaluation import baseline_forecasts, error_metrics, mase_scale
+from ttm_model import Scaling
 
 
 def test_error_metrics_by_hand():
@@ -38,6 +39,10 @@ def test_baselines():
     np.testing.assert_array_equal(young["seasonal_naive"][0, :, 0], [149, 149])  # < 52 weeks: last value
 
 
-def test_unscale_clips_at_zero():
-    out = unscale(np.array([[[-5.0], [1.0]]]), np.array([[2.0]]), np.array([[1.0]]))
+def test_scaling_round_trips_and_unscale_clips_at_zero():
+    scaling = Scaling(mean=np.array([[2.0], [10.0]]), scale=np.array([[1.0], [4.0]]), known=np.ones(2, bool))
+    values = np.array([[[1.0], [5.0]], [[30.0], [2.0]]])  # (series, weeks, targets)
+    np.testing.assert_allclose(scaling.apply(values)[1, :, 0], [5.0, -2.0])
+    np.testing.assert_allclose(scaling.invert(scaling.apply(values), np.array([0, 1])), values)
+    out = scaling.invert(np.array([[[-5.0], [1.0]]]), np.array([0]))
     np.testing.assert_array_equal(out[0, :, 0], [0.0, 3.0])

@@ -14,8 +14,9 @@ from ttm_model import (
     collate_windows,
     fit_group_scaler,
     gather_windows,
+    panel_scaling,
     resample_weekly,
-    scaler_arrays,
+    scale_panel,
     split_by_time,
     steps_per_epoch,
     unfreeze_only,
@@ -114,23 +115,24 @@ def test_stride_keeps_latest_window(panel_df):
 def test_scaler_fitted_on_train_only(panel_df):
     panel, _ = _panel(panel_df)
     split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
-    before = scaler_arrays(fit_group_scaler(panel, fit_end=split.fit_end, id_columns=IDS), panel.keys)
+    before = panel_scaling(fit_group_scaler(panel, fit_end=split.fit_end), panel)
     changed = panel.values.copy()
     changed[:, split.valid_start :] *= 100  # validation and test weeks must not move the scaler
     panel2 = type(panel)(panel.keys, panel.dates, changed, panel.start, panel.targets)
-    after = scaler_arrays(fit_group_scaler(panel2, fit_end=split.fit_end, id_columns=IDS), panel.keys)
-    np.testing.assert_allclose(before[0], after[0]) and np.testing.assert_allclose(before[1], after[1])
+    after = panel_scaling(fit_group_scaler(panel2, fit_end=split.fit_end), panel)
+    np.testing.assert_allclose(before.mean, after.mean)
+    np.testing.assert_allclose(before.scale, after.scale)
     train_part = panel.values[:, : split.valid_start]
-    np.testing.assert_allclose(before[0], train_part.mean(1))
-    np.testing.assert_allclose(before[1], train_part.std(1))
+    np.testing.assert_allclose(before.mean, train_part.mean(1))
+    np.testing.assert_allclose(before.scale, train_part.std(1))
 
 
 def test_vectorised_scaling_equals_tsp_and_round_trips(panel_df):
     panel, _ = _panel(panel_df)
-    tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), 60), id_columns=IDS)
-    mean, scale, known = scaler_arrays(tsp, panel.keys)
-    assert known.all()
-    ours = (panel.values - mean[:, None]) / scale[:, None]
+    tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), 60))
+    data = scale_panel(panel, tsp)
+    assert data.scaling.known.all()
+    ours, mean, scale = data.values, data.scaling.mean, data.scaling.scale
     long = panel_df.sort_values([*IDS, "date"]).reset_index(drop=True)
     theirs = tsp.preprocess(long).sort_values([*IDS, "date"])
     np.testing.assert_allclose(ours.reshape(-1, 2), theirs[list(TARGETS)].to_numpy(), rtol=1e-10)
@@ -217,3 +219,23 @@ def test_steps_per_epoch():
     assert steps_per_epoch(1000, 64) == 16
     assert steps_per_epoch(1024, 64) == 16
     assert steps_per_epoch(1025, 32, grad_accum=2) == 17
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
+    import huggingface_hub
+    import requests
+
+    def offline(*args, **kwargs):
+        raise requests.ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    with pytest.raises(InputError, match=r"cannot be reached \(ConnectionError\).*--PRETRAINED_MODEL=/path/to/"):
+        build_model(
+            "ibm-granite/granite-timeseries-ttm-r2",
+            context_length=104,
+            prediction_length=26,
+            prefer_l1=True,
+            num_channels=2,
+        )

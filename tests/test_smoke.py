@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import HORIZON, ROOT, make_panel, run_args
 
 import ttm_model
@@ -255,3 +256,41 @@ def test_resume_after_kill(tmp_path, model_dir):
     assert "Resuming the interrupted run from" in rerun.stderr
     assert "checkpoint-" in rerun.stderr.split("Resuming the interrupted run from")[1].splitlines()[0]
     assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_metrics_file_equals_returned_metrics(trained):
+    tmp, _, metrics = trained
+    written = json.loads((tmp / "results" / "metricas.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+
+
+def test_synthetic_default_run_honours_renamed_columns(tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no dados/db_tratado-w.csv here: the synthetic panel
+    argv = [
+        f"--PRETRAINED_MODEL={model_dir}",
+        "--DATE_COLUMN=semana",
+        "--ID_COLUMNS=loja,sku,canal",
+        "--TARGET_COLUMNS=receita",
+        "--NUM_TRAIN_EPOCHS=1",
+        "--MAX_TRAIN_WINDOWS=64",
+        "--PLOT_TOP_SERIES=1",
+    ]
+    metrics = ttm_model.main(argv)
+    future = pd.read_csv(tmp_path / "results_ttm_model" / "previsoes.csv")
+    assert list(future.columns[:4]) == ["semana", "loja", "sku", "canal"] and "receita" in future
+    assert set(metrics["metrics"]) == {"receita"} and len(future) == metrics["n_series"] * 26
+
+
+def test_cuda_out_of_memory_is_one_line_with_a_smaller_batch(trained, model_dir, monkeypatch, capsys):
+    tmp, data, _ = trained
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ttm_model, "fine_tune", oom)
+    with pytest.raises(SystemExit) as exit_:
+        ttm_model.main(run_args(tmp, model_dir, data, "--BATCH_SIZE=512", "--FRESH_START=True"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "ERROR ttm_model: CUDA out of memory with BATCH_SIZE=512" in err and "--BATCH_SIZE=256" in err
+    assert "Traceback" not in err

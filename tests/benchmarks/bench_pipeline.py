@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_predict import synthetic_panel  # noqa: E402
 
 import ttm_model  # noqa: E402
+from evaluation import evaluate_methods, mase_scale  # noqa: E402
 
 CLASSICAL = ("seasonal_naive", "naive", "AutoETS", "AutoTheta")
 
@@ -81,7 +82,7 @@ def bare_train_step(cfg, n_steps: int = 30) -> float:
     batch = {
         "past_values": torch.randn(b, model.config.context_length, n, device=device),
         "future_values": torch.randn(b, cfg.PREDICTION_LENGTH, n, device=device),
-        "freq_token": torch.full((b,), ttm_model.WEEKLY_FREQ_TOKEN, device=device),
+        "freq_token": torch.full((b,), ttm_model.DEFAULT_FREQUENCY_MAPPING["W"], device=device),
     }
     for step in range(n_steps + 5):
         if step == 5:  # after warm-up
@@ -134,8 +135,13 @@ def main() -> None:
         overall = metrics["metrics"]
         if not args.no_classical:
             t1 = time.perf_counter()
-            _, extra = ttm_model.evaluate_methods(
-                panel, split, classical_forecasts(panel, split, cfg.PREDICTION_LENGTH)
+            series, horizon = split.test[0], cfg.PREDICTION_LENGTH
+            _, extra = evaluate_methods(
+                panel.values[series[:, None], split.test_start + np.arange(horizon)],
+                classical_forecasts(panel, split, horizon),
+                scale=mase_scale(panel.values, panel.start, split.test_start)[series],
+                keys=panel.keys.iloc[series],
+                targets=panel.targets,
             )
             metrics["phase_seconds"]["classical (bench only)"] = round(time.perf_counter() - t1, 1)
             for target, by_method in extra.items():

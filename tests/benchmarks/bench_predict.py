@@ -67,14 +67,11 @@ def main() -> None:
         panel, anchor = ttm_model.resample_weekly(
             sales, date_column="date", id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
         )
-        tsp = ttm_model.fit_group_scaler(
-            panel, fit_end=np.full(len(panel.keys), len(panel.dates) - 52), id_columns=cfg.ID_COLUMNS
-        )
+        tsp = ttm_model.fit_group_scaler(panel, fit_end=np.full(len(panel.keys), len(panel.dates) - 52))
         model = ttm_model.build_model(
             args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2
         )
-        mean, scale, _ = ttm_model.scaler_arrays(tsp, panel.keys)
-        scaled = (panel.values - mean[:, None]) / scale[:, None]
+        scaled = ttm_model.scale_panel(panel, tsp).values
         valid = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates) - 52))
         y_valid = scaled[valid[0][:, None], valid[1][:, None] + np.arange(26)]
         conformal = ttm_model.fit_intervals(

@@ -1,0 +1,142 @@
+"""Metrics, baselines, metric tables and plots in original units (used by ttm_model.py; never imports it).
+
+Metric functions take plain arrays with the same parameter names everywhere (utilsforecast's habit).
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger("ttm_model")
+
+
+def mase_scale(values: np.ndarray, start: np.ndarray, end: int) -> np.ndarray:
+    """In-sample seasonal-naive-52 MAE per series and target before week `end` (lag 1 with < 53 weeks of history)."""
+    lag = np.where(end - start >= 53, 52, 1)
+    t = np.arange(values.shape[1])
+    scale = np.full((len(values), values.shape[2]), np.nan)
+    for lag_value in (1, 52):
+        rows = lag == lag_value
+        valid = (t[lag_value:] - lag_value >= start[rows, None]) & (t[lag_value:] < end)
+        diff = np.abs(values[rows, lag_value:] - values[rows, :-lag_value]) * valid[..., None]
+        scale[rows] = diff.sum(1) / np.maximum(valid.sum(1), 1)[:, None]
+    return scale
+
+
+def baseline_forecasts(
+    values: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray], horizon: int
+) -> dict[str, np.ndarray]:
+    """Seasonal naive (same week last year; last value when the series is younger) and naive (last value)."""
+    series, cuts = windows
+    naive = np.repeat(values[series, cuts - 1][:, None], horizon, axis=1)
+    t = cuts[:, None] + np.arange(horizon) - 52
+    seasonal = np.where((t >= start[series, None])[..., None], values[series[:, None], np.maximum(t, 0)], naive)
+    return {"seasonal_naive": seasonal, "naive": naive}
+
+
+def error_metrics(y: np.ndarray, pred: np.ndarray, scale: np.ndarray | float) -> dict[str, float | np.ndarray]:
+    """MAE, RMSE, WAPE, MASE and bias over the last axis (or all of it when y is 1-D)."""
+    err = pred - y
+    total = np.abs(y).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mae = np.abs(err).mean(-1)
+        return {
+            "mae": mae,
+            "rmse": np.sqrt((err**2).mean(-1)),
+            "wape": np.abs(err).sum(-1) / total,
+            "mase": mae / scale,
+            "bias": err.sum(-1) / total,
+        }
+
+
+def evaluate_methods(
+    y: np.ndarray, forecasts: dict[str, np.ndarray], *, scale: np.ndarray, keys: pd.DataFrame, targets: tuple
+) -> tuple[pd.DataFrame, dict]:
+    """Per-series and pooled metrics of each method against y (windows, horizon, targets), in original units.
+
+    scale: the MASE scale per window and target; keys: the id columns of each window's series.
+    """
+    rows, overall = [], {}
+    for method, pred in forecasts.items():
+        for c, target in enumerate(targets):
+            per_series = error_metrics(y[..., c], pred[..., c], scale[:, c])
+            rows.append(keys.assign(target=target, method=method, **per_series))
+            pooled = error_metrics(y[..., c].ravel(), pred[..., c].ravel(), 1.0)
+            pooled["mase"] = float(np.nanmean(np.where(np.isfinite(per_series["mase"]), per_series["mase"], np.nan)))
+            overall.setdefault(target, {})[method] = {k: float(v) for k, v in pooled.items()}
+    return pd.concat(rows, ignore_index=True), overall
+
+
+def metric_table(overall: dict) -> str:
+    """The pooled metrics as a fixed-width text table, one row per target and method."""
+    lines = [f"{'target':<12} {'method':<15} {'WAPE':>7} {'MASE':>7} {'MAE':>10} {'bias':>7}"]
+    for target, by_method in overall.items():
+        for method, m in by_method.items():
+            lines.append(
+                f"{target:<12} {method:<15} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} {m['bias']:>+7.3f}"
+            )
+    return "\n".join(lines)
+
+
+def write_metrics(metrics: dict, per_series: pd.DataFrame, results: Path, *, logging_dir: str, step: int) -> None:
+    """metricas.json and metricas_por_serie.csv under results, and the pooled figures in TensorBoard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    per_series.to_csv(results / "metricas_por_serie.csv", index=False)
+    (results / "metricas.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    writer = SummaryWriter(logging_dir)
+    for target, by_method in metrics["metrics"].items():
+        for method, m in by_method.items():
+            for name, value in m.items():
+                writer.add_scalar(f"test/{target}/{method}/{name}", value, step)
+    writer.close()
+
+
+def plot_results(panel: Any, future: pd.DataFrame, overall: dict, out_dir: Path, *, top_n: int, level: float) -> None:
+    """PNG plots: history + forecast + interval of the largest series by the last target, and test accuracy by method.
+
+    panel: ttm_model's weekly Panel (keys, dates, values, start); future: the previsoes.csv frame, dates first.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target, date_column, ids = panel.targets[-1], future.columns[0], list(panel.keys.columns)
+    history, dates, keys = panel.values[..., -1], panel.dates, panel.keys
+    top = np.argsort(-history.sum(1))[:top_n]
+    for rank, s in enumerate(top, start=1):
+        key = keys.iloc[s]
+        rows = future[(future[ids] == key.to_numpy()).all(axis=1)]
+        fig, ax = plt.subplots(figsize=(10, 4))
+        shown = slice(max(panel.start[s], len(dates) - 104), None)
+        ax.plot(dates[shown], history[s, shown], label="history", color="black")
+        ax.plot(rows[date_column], rows[target], label="forecast", color="tab:blue")
+        if f"{target}_lower" in rows:
+            ax.fill_between(
+                rows[date_column],
+                rows[f"{target}_lower"],
+                rows[f"{target}_upper"],
+                alpha=0.25,
+                color="tab:blue",
+                label=f"{100 * level:.0f}% interval",
+            )
+        ax.set_title(f"{target}: " + ", ".join(f"{k}={v}" for k, v in key.items()))
+        ax.legend()
+        fig.savefig(out_dir / f"forecast_{rank:02d}.png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+    methods = list(next(iter(overall.values())))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(overall)
+    for i, (tgt, by_method) in enumerate(overall.items()):
+        ax.bar(np.arange(len(methods)) + i * width, [by_method[m]["wape"] for m in methods], width, label=tgt)
+    ax.set_xticks(np.arange(len(methods)) + width * (len(overall) - 1) / 2, methods)
+    ax.set_ylabel("WAPE on the test window (lower is better)")
+    ax.legend()
+    fig.savefig(out_dir / "accuracy_by_method.png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
