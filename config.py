@@ -36,28 +36,31 @@ TARGET_COLUMNS: tuple = ("vendas", "faturamento")  # columns forecast; e.g. --TA
 # --- 2. weekly resampling + scaling ------------------------------------------
 WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or W-MON .. W-SUN
 
-# --- 3. split ----------------------------------------------------------------
+# --- 3. split and backtest ---------------------------------------------------
+BACKTEST_ORIGINS: int = 3  # forecast origins of the rolling backtest, the last one ending at the data's end (>= 1)
+BACKTEST_STEP: int = 0  # weeks between backtest origins (0 = PREDICTION_LENGTH)
 MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start (>= 1)
-TRAIN_STRIDE: int = 4  # weeks between training windows of a series (1 = every window, 4x slower)
-MAX_TRAIN_WINDOWS: int = 10000  # cap per epoch: the stride grows on big panels (0 = no cap)
+TRAIN_STRIDE: int = 1  # weeks between training windows of a series (1 = every window)
+MAX_TRAIN_WINDOWS: int = 1500  # windows per epoch, drawn at random from all training windows (0 = all)
 
 # --- 4. model ----------------------------------------------------------------
 PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"  # hub id, or local folder with config.json
 CONTEXT_LENGTH: int = 104  # weeks of history available; the model reads its own (90) last weeks
 PREDICTION_LENGTH: int = 26  # weeks forecast (>= 1)
 PREFER_L1_LOSS: bool = True  # hub only: pick the variant trained with L1 loss (better on sales)
-TRAINABLE_LAYERS: tuple = ("decoder*fc1", "decoder*fc2")  # parameter-name parts/globs trained; all else frozen
+TRAINABLE_LAYERS: tuple = ("decoder*fc1", "decoder*fc2", "head")  # parameter-name parts/globs trained; rest frozen
 
 # --- 5. training -------------------------------------------------------------
 LEARNING_RATE: float = 3e-3  # OneCycleLR max_lr, the same value given to AdamW (> 0)
 WEIGHT_DECAY: float = 0.0  # AdamW weight decay (>= 0)
-NUM_TRAIN_EPOCHS: int = 40  # cap, and the length of the OneCycleLR cycle; early stopping may end sooner
+NUM_TRAIN_EPOCHS: int = 30  # cap, and the length of the OneCycleLR cycle; early stopping may end sooner
 BATCH_SIZE: int = 64  # windows per step (train and eval)
 EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping (>= 0)
 NUM_WORKERS: int = 0  # DataLoader workers (0 is fastest on CPU; try 4-8 on GPU)
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
 
 # --- 6. evaluation, forecast and outputs -------------------------------------
+FORECAST_METHOD: str = "auto"  # "auto" = backtest winner per target, or e.g. zero_shot, fine_tuned+zero_shot
 INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (between 0 and 1)
 PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/ (0 = none)
 RESULTS_DIR: str = "results_ttm_model"  # TensorBoard logs/, checkpoints, metrics, forecasts
@@ -65,6 +68,16 @@ FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + prepro
 
 ENV_PREFIX = "TTM_"
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+METHODS = (  # what FORECAST_METHOD may name: single methods and the equal-weight blends the backtest scores
+    "fine_tuned",
+    "zero_shot",
+    "seasonal_naive",
+    "naive",
+    "fine_tuned+zero_shot",
+    "fine_tuned+seasonal_naive",
+    "zero_shot+seasonal_naive",
+    "fine_tuned+zero_shot+seasonal_naive",
+)
 
 
 def defaults() -> dict:
@@ -163,9 +176,11 @@ RULES = {  # key -> (test, the allowed values in words)
     "ID_COLUMNS": (lambda v: _names(v, 1, 3), "1 to 3 distinct, non-empty column names"),
     "TARGET_COLUMNS": (lambda v: _names(v, 1, 99), "1 or more distinct, non-empty column names"),
     "WEEK_ANCHOR": (lambda v: v == "auto" or v in [f"W-{d}" for d in WEEKDAYS], "'auto' or W-MON .. W-SUN"),
+    "BACKTEST_ORIGINS": _at_least(1),
+    "BACKTEST_STEP": (lambda v: v >= 0, "an integer >= 0 (0 = PREDICTION_LENGTH)"),
     "MIN_CONTEXT_WEEKS": _at_least(1),
     "TRAIN_STRIDE": _at_least(1),
-    "MAX_TRAIN_WINDOWS": (lambda v: v >= 0, "an integer >= 0 (0 = no cap)"),
+    "MAX_TRAIN_WINDOWS": (lambda v: v >= 0, "an integer >= 0 (0 = all windows every epoch)"),
     "PRETRAINED_MODEL": (lambda v: bool(v.strip()), "a hub id or a local folder"),
     "CONTEXT_LENGTH": _at_least(1),
     "PREDICTION_LENGTH": _at_least(1),
@@ -177,6 +192,7 @@ RULES = {  # key -> (test, the allowed values in words)
     "EARLY_STOPPING_PATIENCE": _at_least(0),
     "NUM_WORKERS": _at_least(0),
     "MIN_FREE_DISK_MB": _at_least(0),
+    "FORECAST_METHOD": (lambda v: v in ("auto", *METHODS), f"auto or one of {', '.join(METHODS)}"),
     "INTERVAL_LEVEL": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive), e.g. 0.8"),
     "PLOT_TOP_SERIES": _at_least(0),
     "RESULTS_DIR": (lambda v: bool(v.strip()), "a folder path"),

@@ -71,35 +71,113 @@ def evaluate_methods(
     return pd.concat(rows, ignore_index=True), overall
 
 
+BLENDS = (  # zero-shot first: on a tie (no fine-tuning happened) the pretrained model is preferred
+    "zero_shot+seasonal_naive",
+    "fine_tuned+zero_shot",
+    "fine_tuned+seasonal_naive",
+    "fine_tuned+zero_shot+seasonal_naive",
+)
+
+
+def blend(forecasts: dict[str, np.ndarray], method: str) -> np.ndarray:
+    """The forecast of `method`: one of forecasts, or the plain mean of several joined by "+"."""
+    return np.mean([forecasts[part] for part in method.split("+")], axis=0)
+
+
+def with_blends(forecasts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The forecasts plus the equal-weight blends of the pretrained, fine-tuned and seasonal naive forecasts."""
+    return forecasts | {name: blend(forecasts, name) for name in BLENDS}
+
+
+def mean_over_origins(per_origin: list[dict]) -> tuple[dict, dict]:
+    """Mean and standard deviation over origins of each target x method x metric (pooled per origin)."""
+    mean, spread = {}, {}
+    for target, by_method in per_origin[0].items():
+        for method, figures in by_method.items():
+            for name in figures:
+                values = [origin[target][method][name] for origin in per_origin]
+                mean.setdefault(target, {}).setdefault(method, {})[name] = float(np.mean(values))
+                spread.setdefault(target, {}).setdefault(method, {})[name] = float(np.std(values))
+    return mean, spread
+
+
+def select_methods(mean: dict, candidates: tuple) -> dict[str, dict]:
+    """Per target, the candidate with the lowest mean backtest WAPE (ties: the earlier candidate), with its margin
+    over the pretrained model and over the runner-up."""
+    selection = {}
+    for target, by_method in mean.items():
+        ranked = sorted(candidates, key=lambda m: (by_method[m]["wape"], candidates.index(m)))
+        best, runner_up = by_method[ranked[0]]["wape"], by_method[ranked[1]]["wape"]
+        selection[target] = {
+            "method": ranked[0],
+            "wape": best,
+            "zero_shot_wape": by_method["zero_shot"]["wape"],
+            "vs_zero_shot": best / by_method["zero_shot"]["wape"],
+            "runner_up": ranked[1],
+            "runner_up_wape": runner_up,
+        }
+    return selection
+
+
 def metric_table(overall: dict) -> str:
     """The pooled metrics as a fixed-width text table, one row per target and method."""
-    lines = [f"{'target':<12} {'method':<15} {'WAPE':>7} {'MASE':>7} {'MAE':>10} {'bias':>7}"]
+    lines = [f"{'target':<12} {'method':<36} {'WAPE':>7} {'MASE':>7} {'MAE':>10} {'bias':>7}"]
     for target, by_method in overall.items():
         for method, m in by_method.items():
             lines.append(
-                f"{target:<12} {method:<15} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} {m['bias']:>+7.3f}"
+                f"{target:<12} {method:<36} {m['wape']:>7.3f} {m['mase']:>7.3f} {m['mae']:>10.2f} {m['bias']:>+7.3f}"
             )
     return "\n".join(lines)
 
 
-def write_metrics(metrics: dict, per_series: pd.DataFrame, results: Path, *, logging_dir: str, step: int) -> None:
-    """metricas.json and metricas_por_serie.csv under results, and the pooled figures in TensorBoard."""
+def write_metrics(metrics: dict, per_series: pd.DataFrame, results: Path) -> None:
+    """metricas.json and metricas_por_serie.csv under results; each origin's pooled figures (step = origin number)
+    and their mean in TensorBoard, under results/logs/backtest."""
     from torch.utils.tensorboard import SummaryWriter
 
     per_series.to_csv(results / "metricas_por_serie.csv", index=False)
     (results / "metricas.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    writer = SummaryWriter(logging_dir)
-    for target, by_method in metrics["metrics"].items():
-        for method, m in by_method.items():
-            for name, value in m.items():
-                writer.add_scalar(f"test/{target}/{method}/{name}", value, step)
+    writer = SummaryWriter(str(results / "logs" / "backtest"))
+    tables = [
+        (f"backtest/origin {o['origin']}", o["metrics"], i) for i, o in enumerate(metrics["backtest"]["origins"])
+    ]
+    for prefix, overall, step in [*tables, ("backtest/mean", metrics["metrics"], len(tables))]:
+        for target, by_method in overall.items():
+            for method, m in by_method.items():
+                for name, value in m.items():
+                    writer.add_scalar(f"{prefix}/{target}/{method}/{name}", value, step)
     writer.close()
 
 
-def plot_results(panel: Any, future: pd.DataFrame, overall: dict, out_dir: Path, *, top_n: int, level: float) -> None:
-    """PNG plots: history + forecast + interval of the largest series by the last target, and test accuracy by method.
+def _plot_forecast(ax, rows: pd.DataFrame, target: str, date_column: str, level: float) -> None:
+    ax.plot(rows[date_column], rows[target], label="forecast", color="tab:blue")
+    if f"{target}_lower" in rows:
+        ax.fill_between(
+            rows[date_column],
+            rows[f"{target}_lower"],
+            rows[f"{target}_upper"],
+            alpha=0.25,
+            color="tab:blue",
+            label=f"{100 * level:.0f}% interval",
+        )
 
-    panel: ttm_model's weekly Panel (keys, dates, values, start); future: the previsoes.csv frame, dates first.
+
+def plot_results(
+    panel: Any,
+    future: pd.DataFrame,
+    last_origin: pd.DataFrame,
+    overall: dict,
+    out_dir: Path,
+    *,
+    top_n: int,
+    level: float,
+) -> None:
+    """PNG plots of the largest series by the last target: history + forecast + interval (forecast_NN.png) and how the
+    last backtest origin did, its forecast and interval against the actual weeks (backtest_NN.png); and the mean
+    backtest WAPE by method.
+
+    panel: ttm_model's weekly Panel (keys, dates, values, start); future and last_origin: previsoes.csv-like frames,
+    dates first (last_origin: for the last origin's test window).
     """
     import matplotlib
 
@@ -108,35 +186,29 @@ def plot_results(panel: Any, future: pd.DataFrame, overall: dict, out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target, date_column, ids = panel.targets[-1], future.columns[0], list(panel.keys.columns)
-    history, dates, keys = panel.values[..., -1], panel.dates, panel.keys
-    top = np.argsort(-history.sum(1))[:top_n]
-    for rank, s in enumerate(top, start=1):
-        key = keys.iloc[s]
-        rows = future[(future[ids] == key.to_numpy()).all(axis=1)]
-        fig, ax = plt.subplots(figsize=(10, 4))
+    history, dates = panel.values[..., -1], panel.dates
+    for rank, s in enumerate(np.argsort(-history.sum(1))[:top_n], start=1):
+        key = panel.keys.iloc[s]
+        title = f"{target}: " + ", ".join(f"{k}={v}" for k, v in key.items())
         shown = slice(max(panel.start[s], len(dates) - 104), None)
-        ax.plot(dates[shown], history[s, shown], label="history", color="black")
-        ax.plot(rows[date_column], rows[target], label="forecast", color="tab:blue")
-        if f"{target}_lower" in rows:
-            ax.fill_between(
-                rows[date_column],
-                rows[f"{target}_lower"],
-                rows[f"{target}_upper"],
-                alpha=0.25,
-                color="tab:blue",
-                label=f"{100 * level:.0f}% interval",
-            )
-        ax.set_title(f"{target}: " + ", ".join(f"{k}={v}" for k, v in key.items()))
-        ax.legend()
-        fig.savefig(out_dir / f"forecast_{rank:02d}.png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
+        for name, frame in (("forecast", future), ("backtest", last_origin)):
+            rows = frame[(frame[ids] == key.to_numpy()).all(axis=1)]
+            if rows.empty:
+                continue
+            fig, ax = plt.subplots(figsize=(10, 4))
+            ax.plot(dates[shown], history[s, shown], label="actual", color="black")
+            _plot_forecast(ax, rows, target, date_column, level)
+            ax.set_title(title if name == "forecast" else f"{title} (backtest from {rows[date_column].min().date()})")
+            ax.legend()
+            fig.savefig(out_dir / f"{name}_{rank:02d}.png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
     methods = list(next(iter(overall.values())))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(overall)
     for i, (tgt, by_method) in enumerate(overall.items()):
         ax.bar(np.arange(len(methods)) + i * width, [by_method[m]["wape"] for m in methods], width, label=tgt)
-    ax.set_xticks(np.arange(len(methods)) + width * (len(overall) - 1) / 2, methods)
-    ax.set_ylabel("WAPE on the test window (lower is better)")
+    ax.set_xticks(np.arange(len(methods)) + width * (len(overall) - 1) / 2, methods, rotation=30, ha="right")
+    ax.set_ylabel("mean backtest WAPE (lower is better)")
     ax.legend()
     fig.savefig(out_dir / "accuracy_by_method.png", dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from tsfm_public import TimeSeriesPreprocessor
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
@@ -40,12 +40,26 @@ from tsfm_public.toolkit.time_series_preprocessor import DEFAULT_FREQUENCY_MAPPI
 from tsfm_public.toolkit.util import count_parameters
 
 import config
-from evaluation import baseline_forecasts, evaluate_methods, mase_scale, metric_table, plot_results, write_metrics
+from evaluation import (
+    BLENDS,
+    baseline_forecasts,
+    blend,
+    evaluate_methods,
+    mase_scale,
+    mean_over_origins,
+    metric_table,
+    plot_results,
+    select_methods,
+    with_blends,
+    write_metrics,
+)
 from sales_csv import InputError, read_sales_csv, write_forecasts
 
 logger = logging.getLogger("ttm_model")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What the backtest chooses from, per target; on a tie the earlier one (identical forecasts: no fine-tuning needed).
+CANDIDATES = ("zero_shot", "fine_tuned", "seasonal_naive", "naive", *BLENDS)
 PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn")
 
 
@@ -260,8 +274,8 @@ def panel_scaling(tsp: TimeSeriesPreprocessor, panel: Panel) -> Scaling:
         scaler = tsp.target_scaler_dict.get(key if len(key) > 1 else key[0])
         if scaler is not None:
             mean[i], scale[i], known[i] = scaler.mean_, scaler.scale_, True
-    if not known.all():
-        new = np.flatnonzero(~known)
+    new = np.flatnonzero(~known & (panel.start < len(panel.dates)))  # a series with no week yet keeps (0, 1)
+    if len(new):
         sub = Panel(panel.keys.iloc[new], panel.dates, panel.values[new], panel.start[new], panel.targets)
         own = panel_scaling(fit_group_scaler(sub, fit_end=np.full(len(new), len(panel.dates))), sub)
         mean[new], scale[new] = own.mean, own.scale
@@ -288,91 +302,121 @@ def scale_panel(panel: Panel, tsp: TimeSeriesPreprocessor) -> ScaledPanel:
 
 @dataclass(frozen=True)
 class Split:
-    """Window cuts: a window at cut t reads weeks < t and forecasts weeks t .. t+horizon-1."""
+    """Window cuts of one forecast origin: a window at cut t reads weeks < t and forecasts weeks t .. t+horizon-1.
 
+    The origin sees weeks < end only; its test window is the last `horizon` of them, validation the `horizon` before.
+    """
+
+    end: int
     valid_start: int
     test_start: int
-    train: tuple[np.ndarray, np.ndarray]  # (series index, cut) of every training window
+    train: tuple[np.ndarray, np.ndarray]  # (series index, cut); targets from valid_start on are masked
     valid: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
-    fit_end: np.ndarray  # per series: scaler fitted on weeks before this (never test weeks for evaluated series)
+    fit_end: np.ndarray  # per series: scaler fitted on weeks before this (never test weeks of evaluated series)
 
 
-def split_by_time(panel: Panel, *, horizon: int, min_context: int, stride: int, max_windows: int = 0) -> Split:
-    """Cut every series at the same dates: the last `horizon` weeks test, the `horizon` before validation.
+def training_cuts(first_cut: np.ndarray, *, last: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(series, cut) of windows every `stride` weeks back from cut `last` to each series' first_cut."""
+    counts = np.where(first_cut <= last, (last - first_cut) // stride + 1, 0)
+    series = np.repeat(np.arange(len(first_cut)), counts)
+    cuts = last - stride * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    return series, cuts
 
-    Training windows end every `stride` weeks back from the validation window; the stride grows until there are at
-    most `max_windows` of them (0: no limit), since neighbouring windows share all but `stride` weeks.
 
-    Raises:
-        InputError: if the calendar is too short for a test and a validation window after min_context weeks.
+def split_by_time(panel: Panel, *, end: int, horizon: int, min_context: int, stride: int) -> Split:
+    """Cut every series at the same dates for the origin whose test window ends at week `end`.
+
+    Training windows start every `stride` weeks back from the week before validation; their target weeks from
+    validation on are masked, so training learns from every week before validation and nothing after.
     """
-    n_weeks = len(panel.dates)
-    test_start, valid_start = n_weeks - horizon, n_weeks - 2 * horizon
-    if valid_start - horizon < min_context:
-        raise InputError(
-            f"data cover {n_weeks} weeks; training needs at least {min_context + 3 * horizon} "
-            f"(MIN_CONTEXT_WEEKS {min_context} + 3 x PREDICTION_LENGTH {horizon}); lower those settings"
-        )
+    test_start, valid_start = end - horizon, end - 2 * horizon
     series = np.arange(len(panel.keys))
     first_cut = panel.start + min_context
     in_test, in_valid = first_cut <= test_start, first_cut <= valid_start
-    last_cut = valid_start - horizon
-
-    def counts_at(stride: int) -> np.ndarray:
-        return np.where(first_cut <= last_cut, (last_cut - first_cut) // stride + 1, 0)
-
-    counts = counts_at(stride)
-    if max_windows and counts.sum() > max_windows:
-        requested, widest = stride, max(1, last_cut - first_cut.min() + 1)  # widest: one window per series
-        stride = min(max(stride, math.ceil(counts_at(1).sum() / max_windows)), widest)
-        while counts_at(stride).sum() > max_windows and stride < widest:
-            stride += 1
-        counts = counts_at(stride)
-        logger.info(
-            "TRAIN_STRIDE %d -> %d so that an epoch has at most MAX_TRAIN_WINDOWS=%d windows%s",
-            requested,
-            stride,
-            max_windows,
-            f" (not possible: {counts.sum()} series need one each)" if counts.sum() > max_windows else "",
-        )
-    train_s = np.repeat(series, counts)
-    train_t = last_cut - stride * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
-    fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, n_weeks))
-    left_out = panel.keys[~(in_test & in_valid & (counts > 0))]
-    if len(left_out):
-        logger.warning(
-            "%d series are too new for every split (need %d weeks before the validation window); they "
-            "are forecast but left out of training/evaluation where too short: %s",
-            len(left_out),
-            min_context + horizon,
-            left_out.head(10).to_dict("records"),
-        )
-    logger.info(
-        "Split: train windows %d (targets before %s), valid %d series (%s..), test %d series (%s..)",
-        len(train_s),
-        panel.dates[valid_start].date(),
-        in_valid.sum(),
-        panel.dates[valid_start].date(),
-        in_test.sum(),
-        panel.dates[test_start].date(),
-    )
+    fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, end))
     return Split(
+        end,
         valid_start,
         test_start,
-        (train_s, train_t),
+        training_cuts(first_cut, last=valid_start - 1, stride=stride),
         (series[in_valid], np.full(in_valid.sum(), valid_start)),
         (series[in_test], np.full(in_test.sum(), test_start)),
         fit_end,
     )
 
 
+def backtest_splits(
+    panel: Panel, *, origins: int, step: int, horizon: int, min_context: int, stride: int
+) -> list[Split]:
+    """Rolling forecast origins `step` weeks apart, the last test window ending at the data's last week.
+
+    Raises:
+        InputError: if the calendar is too short for even the last origin's training, validation and test weeks.
+    """
+    n_weeks, need = len(panel.dates), min_context + 2 * horizon + 1
+    if n_weeks < need:
+        raise InputError(
+            f"data cover {n_weeks} weeks; training needs at least {need} "
+            f"(MIN_CONTEXT_WEEKS {min_context} + 2 x PREDICTION_LENGTH {horizon} + 1); lower those settings"
+        )
+    # an earlier origin needs only a test window after min_context weeks; without training windows its fine-tuned
+    # forecast is the pretrained one
+    ends = [n_weeks - step * k for k in reversed(range(origins)) if n_weeks - step * k - horizon >= min_context]
+    if len(ends) < origins:
+        logger.warning(
+            "BACKTEST_ORIGINS=%d: only the last %d origin(s) leave MIN_CONTEXT_WEEKS=%d weeks before their test "
+            "window; backtesting with those",
+            origins,
+            len(ends),
+            min_context,
+        )
+    splits = [split_by_time(panel, end=e, horizon=horizon, min_context=min_context, stride=stride) for e in ends]
+    last = splits[-1]
+    left_out = panel.keys[panel.start + min_context > last.valid_start]
+    if len(left_out):
+        logger.warning(
+            "%d series are too new for every split (need %d weeks before the validation window); they "
+            "are forecast but left out of training/evaluation where too short: %s",
+            len(left_out),
+            min_context,
+            left_out.head(10).to_dict("records"),
+        )
+    for split in splits:
+        logger.info(
+            "Origin %s: train windows %d (targets before %s), valid %d series, test %d series (%s..%s)",
+            panel.dates[split.test_start].date(),
+            len(split.train[0]),
+            panel.dates[split.valid_start].date(),
+            len(split.valid[0]),
+            len(split.test[0]),
+            panel.dates[split.test_start].date(),
+            panel.dates[split.end - 1].date(),
+        )
+    return splits
+
+
+def refit_windows(panel: Panel, *, min_context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training windows of the final model: every week is a target (the last weeks' windows partly masked)."""
+    return training_cuts(panel.start + min_context, last=len(panel.dates) - 1, stride=stride)
+
+
 def gather_windows(
-    scaled: np.ndarray, start: np.ndarray, series: np.ndarray, cuts: np.ndarray, *, context: int, horizon: int = 0
+    scaled: np.ndarray,
+    start: np.ndarray,
+    series: np.ndarray,
+    cuts: np.ndarray,
+    *,
+    context: int,
+    horizon: int = 0,
+    target_end: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Batch of model inputs: `context` weeks before each cut (zero-padded, masked before a series starts)."""
+    """Batch of model inputs: `context` weeks before each cut (zero-padded, masked before a series starts).
+
+    With target_end, target weeks from target_end on are zeroed and masked (future_observed_mask).
+    """
     t = cuts[:, None] + np.arange(-context, horizon)
-    observed = (t >= start[series, None]) & (t >= 0)
+    observed = (t >= start[series, None]) & (t >= 0) & (t < (scaled.shape[1] if target_end is None else target_end))
     values = scaled[series[:, None], np.clip(t, 0, scaled.shape[1] - 1)] * observed[..., None]
     past = torch.from_numpy(values[:, :context].astype(np.float32))
     batch = {
@@ -381,6 +425,8 @@ def gather_windows(
     }
     if horizon:
         batch["future_values"] = torch.from_numpy(values[:, context:].astype(np.float32))
+    if target_end is not None:
+        batch["future_observed_mask"] = torch.from_numpy(np.repeat(observed[:, context:, None], scaled.shape[2], 2))
     return batch
 
 
@@ -396,9 +442,10 @@ class WindowDataset(torch.utils.data.Dataset):
         context: int,
         horizon: int,
         freq_token: int | None,
+        target_end: int | None = None,
     ):
         self.scaled, self.start, (self.series, self.cuts) = scaled, start, windows
-        self.context, self.horizon, self.freq_token = context, horizon, freq_token
+        self.context, self.horizon, self.freq_token, self.target_end = context, horizon, freq_token, target_end
 
     def __len__(self) -> int:
         return len(self.series)
@@ -407,7 +454,13 @@ class WindowDataset(torch.utils.data.Dataset):
         """A whole batch in one vectorised gather; the DataLoader calls this instead of __getitem__ per window."""
         idx = np.asarray(indices)
         batch = gather_windows(
-            self.scaled, self.start, self.series[idx], self.cuts[idx], context=self.context, horizon=self.horizon
+            self.scaled,
+            self.start,
+            self.series[idx],
+            self.cuts[idx],
+            context=self.context,
+            horizon=self.horizon,
+            target_end=self.target_end,
         )
         if self.freq_token is not None:
             batch["freq_token"] = torch.full((len(idx),), self.freq_token)
@@ -535,26 +588,9 @@ def steps_per_epoch(n_windows: int, batch_size: int, grad_accum: int = 1) -> int
     return math.ceil(n_windows / (batch_size * grad_accum))
 
 
-def window_datasets(
-    data: ScaledPanel, windows: dict[str, tuple[np.ndarray, np.ndarray]], *, model: torch.nn.Module, horizon: int
-) -> dict[str, WindowDataset]:
-    """One WindowDataset per named set of window cuts, shaped for the model (its context and frequency token)."""
-    return {
-        name: WindowDataset(
-            data.values,
-            data.panel.start,
-            cuts,
-            context=model.config.context_length,
-            horizon=horizon,
-            freq_token=freq_token_for(model),
-        )
-        for name, cuts in windows.items()
-    }
-
-
 @dataclass(frozen=True)
 class TrainSettings:
-    """Section 5 of config.py, as the HF Trainer is given it."""
+    """Sections 3 and 5 of config.py, as each training of the run is given them."""
 
     lr: float
     weight_decay: float
@@ -564,6 +600,9 @@ class TrainSettings:
     seed: int
     workers: int
     use_cpu: bool
+    windows_per_epoch: int  # drawn at random each epoch from all training windows (0: all of them)
+    min_context: int
+    stride: int
 
     @classmethod
     def from_config(cls, cfg: SimpleNamespace) -> "TrainSettings":
@@ -576,7 +615,60 @@ class TrainSettings:
             cfg.SEED,
             cfg.NUM_WORKERS,
             cfg.USE_CPU,
+            cfg.MAX_TRAIN_WINDOWS,
+            cfg.MIN_CONTEXT_WEEKS,
+            cfg.TRAIN_STRIDE,
         )
+
+
+class WindowTrainer(Trainer):
+    """HF Trainer whose epoch is `windows_per_epoch` training windows drawn at random (without replacement) from
+    all of them, so that every week of the year starts windows however many series there are."""
+
+    def __init__(self, *args, windows_per_epoch: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.windows_per_epoch = windows_per_epoch
+
+    def _get_train_sampler(self, train_dataset: torch.utils.data.Dataset | None = None) -> torch.utils.data.Sampler:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        return torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), self.windows_per_epoch))
+
+
+def window_datasets(
+    data: ScaledPanel,
+    windows: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    model: torch.nn.Module,
+    horizon: int,
+    train_end: int | None = None,
+) -> dict[str, WindowDataset]:
+    """One WindowDataset per named set of window cuts, shaped for the model (its context and frequency token); the
+    "train" set's targets from week train_end on are masked."""
+    return {
+        name: WindowDataset(
+            data.values,
+            data.panel.start,
+            cuts,
+            context=model.config.context_length,
+            horizon=horizon,
+            freq_token=freq_token_for(model),
+            target_end=train_end if name == "train" else None,
+        )
+        for name, cuts in windows.items()
+    }
+
+
+def wape_metric(data: ScaledPanel, windows: tuple[np.ndarray, np.ndarray], horizon: int) -> Callable:
+    """Trainer compute_metrics: WAPE in original units (forecasts clipped at 0) of the windows, mean over targets:
+    the volume-weighted error users judge, for early stopping and the best checkpoint."""
+    series, cuts = windows
+    y = data.panel.values[series[:, None], cuts[:, None] + np.arange(horizon)]
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        forecast = data.scaling.invert(prediction.predictions[:, :horizon], series)
+        return {"wape": float(np.mean(np.abs(forecast - y).sum((0, 1)) / np.abs(y).sum((0, 1))))}
+
+    return compute
 
 
 def make_trainer(
@@ -584,28 +676,29 @@ def make_trainer(
     datasets: dict[str, WindowDataset],
     *,
     out_dir: Path,
-    run_name: str,
     settings: TrainSettings,
+    metric: Callable | None,
+    epochs: int | None = None,
 ) -> Trainer:
-    """HF Trainer on datasets "train" and "valid": AdamW over trainable parameters, OneCycleLR, early stopping on
-    eval_loss, TensorBoard logs."""
-    train = datasets["train"]
-    lr, batch_size, epochs, use_cpu = settings.lr, settings.batch_size, settings.epochs, settings.use_cpu
-    steps = steps_per_epoch(len(train), batch_size)
+    """HF Trainer on datasets "train" (and "valid" with metric: early stopping and best checkpoint on its WAPE):
+    AdamW over trainable parameters, OneCycleLR over settings.epochs, TensorBoard logs. `epochs` stops sooner."""
+    lr, batch_size, use_cpu, train = settings.lr, settings.batch_size, settings.use_cpu, datasets["train"]
+    steps = steps_per_epoch(min(len(train), settings.windows_per_epoch or len(train)), batch_size)
+    evaluate = "epoch" if metric else "no"
     args = TrainingArguments(
         output_dir=str(out_dir),
-        run_name=run_name,
-        logging_dir=str(out_dir / "logs" / run_name),
+        run_name=out_dir.name,
+        logging_dir=str(out_dir.parent / "logs" / out_dir.name),
         report_to=["tensorboard"],
-        eval_strategy="epoch",
+        eval_strategy=evaluate,
         save_strategy="epoch",
         logging_strategy="steps",
         logging_steps=max(1, steps // 4),
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
+        load_best_model_at_end=metric is not None,
+        metric_for_best_model="wape" if metric else None,
         greater_is_better=False,
         save_total_limit=2,
-        num_train_epochs=epochs,
+        num_train_epochs=epochs or settings.epochs,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=4 * batch_size,
         learning_rate=lr,
@@ -616,42 +709,47 @@ def make_trainer(
         use_cpu=use_cpu,
         label_names=["future_values"],
         remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
-        prediction_loss_only=True,
         save_safetensors=True,
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
-    return Trainer(
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, epochs=settings.epochs, steps_per_epoch=steps
+    )
+    return WindowTrainer(
         model=model,
         args=args,
         train_dataset=train,
-        eval_dataset=datasets["valid"],
+        eval_dataset=datasets.get("valid"),
         optimizers=(optimizer, scheduler),
         data_collator=collate_windows,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
+        compute_metrics=metric,
+        preprocess_logits_for_metrics=lambda outputs, labels: outputs[0],  # the forecast, not the hidden states
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)] if metric else [],
+        windows_per_epoch=settings.windows_per_epoch or len(train),
     )
 
 
-def resume_checkpoint(results: Path, fingerprint: str, fresh: bool) -> str | None:
-    """Last checkpoint of an interrupted run with the same settings and data, else None (stale ones are removed)."""
-    stamp = results / "run_fingerprint.txt"
-    last = get_last_checkpoint(str(results)) if results.is_dir() else None
+def resume_checkpoint(out_dir: Path, fingerprint: str, fresh: bool) -> str | None:
+    """Last checkpoint of an interrupted training with the same settings and data, else None (stale ones removed)."""
+    stamp = out_dir / "run_fingerprint.txt"
+    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     same = stamp.is_file() and stamp.read_text() == fingerprint
     if last and same and not fresh:
         logger.info("Resuming the interrupted run from %s (use --FRESH_START=True to start over)", last)
         return last
-    for old in results.glob("checkpoint-*"):
+    for old in out_dir.glob("checkpoint-*"):
         shutil.rmtree(old)
     if last:
         logger.info(
             "Starting fresh: %s",
             "FRESH_START=True"
             if fresh
-            else "settings or data changed since the checkpoints in %s were written" % results,
+            else "settings or data changed since the checkpoints in %s were written" % out_dir,
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
     return None
 
@@ -670,40 +768,42 @@ def run_fingerprint(settings: dict, panel: Panel) -> str:
     return digest.hexdigest()
 
 
-def fine_tune(trainer: Trainer, zero_shot: torch.nn.Module, *, checkpoint: str | None) -> tuple[torch.nn.Module, dict]:
-    """Train with early stopping, keeping the pretrained weights when validation did not improve on them.
-
-    Returns the model to use and the training figures for metricas.json.
-    """
-    pretrained_loss = trainer.evaluate()["eval_loss"]
+def fine_tune(trainer: Trainer, *, checkpoint: str | None) -> dict:
+    """Train with early stopping on validation WAPE; return the training figures, with best_epoch 0 when no epoch
+    beat the pretrained weights."""
+    pretrained = trainer.evaluate()["eval_wape"]
     out = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.remove_callback(EarlyStoppingCallback)
-    zero_shot.to(trainer.args.device)
-    if trainer.state.best_metric is not None and trainer.state.best_metric >= pretrained_loss:
+    state, runtime = trainer.state, out.metrics["train_runtime"]
+    best_epoch = 0
+    if state.best_global_step and state.best_metric < pretrained:  # a diverged run (NaN) never counts as better
+        best_epoch = round(state.best_global_step / len(trainer.get_train_dataloader()))
+    else:
         logger.warning(
-            "Fine-tuning did not beat the pretrained model on validation (best eval_loss %.4f vs %.4f); "
-            "keeping the pretrained weights",
-            trainer.state.best_metric,
-            pretrained_loss,
+            "Fine-tuning did not beat the pretrained model on validation (best WAPE %.4f vs %.4f); keeping the "
+            "pretrained weights for this origin",
+            state.best_metric,
+            pretrained,
         )
-        trainer.model = zero_shot
-    runtime, epochs = out.metrics["train_runtime"], trainer.state.epoch
     logger.info(
-        "Trained %.0f epochs in %.0f s; validation loss (%s, scaled units) pretrained %.4f, best %.4f",
-        epochs,
+        "Trained %.0f epochs in %.0f s; validation WAPE pretrained %.4f, best %.4f (epoch %d)",
+        state.epoch,
         runtime,
-        trainer.model.config.loss,
-        pretrained_loss,
-        trainer.state.best_metric,
+        pretrained,
+        state.best_metric,
+        best_epoch,
     )
-    return trainer.model, {
-        "epochs": epochs,
+    windows = min(len(trainer.train_dataset), trainer.windows_per_epoch)
+    return {
+        "epochs": state.epoch,
+        "best_epoch": best_epoch,
+        "valid_wape_pretrained": pretrained,
+        "valid_wape_best": state.best_metric,
         "train_runtime_s": runtime,
-        "train_windows_per_s": len(trainer.train_dataset) * epochs / runtime,
+        "train_windows_per_s": windows * state.epoch / runtime,
     }
 
 
-# ---- 6. evaluation ------------------------------------------------------------------------------------------------
+# ---- 6. backtest: every origin trained and scored as the final model will be ------------------------------------
 
 
 @torch.no_grad()
@@ -737,14 +837,128 @@ def forecast_scaled(
     return np.concatenate(out)
 
 
+def panel_until(panel: Panel, end: int) -> Panel:
+    """The panel as it was before week `end`: what a backtest origin may read."""
+    return Panel(panel.keys, panel.dates[:end], panel.values[:, :end], panel.start, panel.targets)
+
+
+@dataclass(frozen=True)
+class OriginResult:
+    """One backtest origin: each method's forecast of its test window and the actual weeks, in original units."""
+
+    start: str  # first forecast week
+    keys: pd.DataFrame  # id columns of each test window's series
+    y: np.ndarray  # (windows, horizon, targets)
+    forecasts: dict[str, np.ndarray]
+    scale: np.ndarray  # (windows, targets): the origin's scaler, which normalises interval errors
+    mase_scale: np.ndarray  # (windows, targets)
+    training: dict
+
+
+def backtest_origin(
+    panel: Panel,
+    split: Split,
+    *,
+    pretrained: torch.nn.Module,
+    zero_shot: torch.nn.Module,
+    settings: TrainSettings,
+    out_dir: Path,
+    resume: tuple[str, bool],
+) -> OriginResult:
+    """One origin, done as the final model is: choose the epochs by early stopping on the validation window (scaled
+    on the training weeks), refit on every week before the test window for those epochs, and forecast the test
+    window with every method. Nothing from week split.end on is read. resume: (fingerprint, FRESH_START)."""
+    seen, horizon = panel_until(panel, split.end), split.end - split.test_start
+    training = {"epochs": 0, "best_epoch": 0, "train_windows": len(split.train[0])}
+    logger.info("Backtest origin %s", seen.dates[split.test_start].date())
+    if len(split.train[0]) and len(split.valid[0]):
+        data = scale_panel(seen, fit_group_scaler(seen, fit_end=split.fit_end))
+        model = copy.deepcopy(pretrained)
+        windows = {"train": split.train, "valid": split.valid}
+        datasets = window_datasets(data, windows, model=model, horizon=horizon, train_end=split.valid_start)
+        metric = wape_metric(data, split.valid, horizon)
+        trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=metric)
+        training |= fine_tune(trainer, checkpoint=resume_checkpoint(out_dir, *resume))
+    else:
+        logger.warning("No training or validation windows before this origin: fine-tuned = pretrained here")
+    history = panel_until(panel, split.test_start)
+    model, _, known = refit(
+        history,
+        pretrained=pretrained,
+        epochs=training["best_epoch"],
+        horizon=horizon,
+        settings=settings,
+        out_dir=out_dir / "refit",
+        resume=resume,
+    )
+    series = split.test[0]
+    forecasts = {
+        name: known.scaling.invert(forecast_scaled(m, known.values, seen.start, split.test, horizon=horizon), series)
+        for name, m in (("fine_tuned", model), ("zero_shot", zero_shot))
+    }
+    return OriginResult(
+        str(seen.dates[split.test_start].date()),
+        seen.keys.iloc[series].reset_index(drop=True),
+        seen.values[series[:, None], split.test_start + np.arange(horizon)],
+        forecasts | baseline_forecasts(seen.values, seen.start, split.test, horizon),
+        known.scaling.scale[series],
+        mase_scale(seen.values, seen.start, split.test_start)[series],
+        training,
+    )
+
+
+def refit_epochs(origins: Sequence[OriginResult]) -> int:
+    """Epochs for the final model: the best validation epochs of the origins, their median weighted by training
+    windows (origins without training do not vote; 0 keeps the pretrained weights)."""
+    votes = [
+        (o.training["best_epoch"], o.training["train_windows"]) for o in origins if "valid_wape_best" in o.training
+    ]
+    if not votes:
+        return 0
+    epochs, weights = np.array(votes, dtype=float).T
+    order = np.argsort(epochs)
+    half = np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)
+    return int(round(epochs[order][half]))
+
+
+def refit(
+    panel: Panel,
+    *,
+    pretrained: torch.nn.Module,
+    epochs: int,
+    horizon: int,
+    settings: TrainSettings,
+    out_dir: Path,
+    resume: tuple[str, bool],
+) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, ScaledPanel]:
+    """The model that forecasts the future: scaled and trained on every week for the epochs the backtest chose.
+
+    Returns the model (the pretrained one with epochs 0), the fitted preprocessor and the scaled panel.
+    """
+    tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), len(panel.dates)))
+    data, model = scale_panel(panel, tsp), copy.deepcopy(pretrained)
+    windows = refit_windows(panel, min_context=settings.min_context, stride=settings.stride)
+    if epochs and len(windows[0]):
+        logger.info(
+            "Refit on the %d weeks up to %s: %d windows, %d epochs",
+            len(panel.dates),
+            panel.dates[-1].date(),
+            len(windows[0]),
+            epochs,
+        )
+        datasets = window_datasets(data, {"train": windows}, model=model, horizon=horizon, train_end=len(panel.dates))
+        trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=None, epochs=epochs)
+        trainer.train(resume_from_checkpoint=resume_checkpoint(out_dir, *resume))
+        model = trainer.model
+    return model, tsp, data
+
+
 def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor | None:
-    """Split-conformal intervals calibrated on validation forecasts (scaled units), or None if too few."""
+    """Split-conformal intervals on forecast errors in the series' own scale, or None with too few windows."""
     alpha = 1 - level
     if len(y_true) < math.ceil(1 / alpha):
         logger.warning(
-            "Only %d validation windows: too few for %.0f%% conformal intervals; none written",
-            len(y_true),
-            100 * level,
+            "Only %d backtest windows: too few for %.0f%% conformal intervals; none written", len(y_true), 100 * level
         )
         return None
     conformal = PostHocProbabilisticProcessor(
@@ -753,112 +967,150 @@ def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostH
     return conformal.train(y_true.astype(np.float64), y_pred.astype(np.float64))
 
 
-def predict_with_intervals(
-    model: torch.nn.Module,
-    data: ScaledPanel,
-    windows: tuple[np.ndarray, np.ndarray],
-    conformal: PostHocProbabilisticProcessor | None,
-    *,
-    horizon: int,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Point forecast and interval bounds (None without conformal) in original units for the given windows."""
-    pred = forecast_scaled(model, data.values, data.panel.start, windows, horizon=horizon)
-    if conformal is None:
-        return data.scaling.invert(pred, windows[0]), None, None
-    bounds = conformal.predict(pred.astype(np.float64))
-    return tuple(data.scaling.invert(p, windows[0]) for p in (pred, bounds[..., 0], bounds[..., 1]))
+def interval_bounds(
+    conformal: PostHocProbabilisticProcessor, point: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds around point forecasts (original units), errors measured in each series' scale."""
+    bounds = conformal.predict(point / scale[:, None]) * scale[:, None, :, None]
+    return np.clip(bounds[..., 0], 0, None), np.clip(bounds[..., 1], 0, None)
 
 
-def evaluate_on_test(
-    trainer: Trainer, zero_shot: torch.nn.Module, data: ScaledPanel, split: Split, *, horizon: int, level: float
-) -> tuple[pd.DataFrame, dict, PostHocProbabilisticProcessor | None]:
-    """Intervals calibrated on validation; the trained model, zero-shot and baselines scored on the test window.
+def backtest_intervals(
+    origins: Sequence[OriginResult], selection: dict[str, str], level: float
+) -> tuple[PostHocProbabilisticProcessor | None, dict, tuple[np.ndarray, np.ndarray] | None]:
+    """Intervals calibrated on the selected forecasts of every origin; their coverage measured on the last origin
+    with intervals calibrated on the others only (held out).
 
-    Returns the per-series metrics, the figures for metricas.json and the intervals.
+    Returns the intervals for the future, the coverage figures and the last origin's held-out bounds (or None).
     """
-    model, panel, (series, cuts) = trainer.model, data.panel, split.test
-    test = window_datasets(data, {"test": split.test}, model=model, horizon=horizon)["test"]
-    test_loss = trainer.evaluate(test, metric_key_prefix="test")["test_loss"]
-    valid_pred = forecast_scaled(model, data.values, panel.start, split.valid, horizon=horizon)
-    valid_true = gather_windows(data.values, panel.start, *split.valid, context=0, horizon=horizon)
-    conformal = fit_intervals(valid_true["future_values"].numpy(), valid_pred, level)
-    point, lower, upper = predict_with_intervals(model, data, split.test, conformal, horizon=horizon)
-    zero_shot_pred = forecast_scaled(zero_shot, data.values, panel.start, split.test, horizon=horizon)
-    methods = {
-        "fine_tuned": point,
-        "zero_shot": data.scaling.invert(zero_shot_pred, series),
-        **baseline_forecasts(panel.values, panel.start, split.test, horizon),
-    }
-    y = panel.values[series[:, None], cuts[:, None] + np.arange(horizon)]
-    scale = mase_scale(panel.values, panel.start, split.test_start)[series]
-    per_series, overall = evaluate_methods(
-        y, methods, scale=scale, keys=panel.keys.iloc[series], targets=panel.targets
+
+    def calibrate(part: Sequence[OriginResult]) -> PostHocProbabilisticProcessor | None:
+        y = np.concatenate([o.y / o.scale[:, None] for o in part])
+        pred = np.concatenate([selected_forecast(o.forecasts, selection) / o.scale[:, None] for o in part])
+        return fit_intervals(y, pred, level)
+
+    figures, held_out, bounds = {"interval_level": level}, calibrate(origins[:-1]) if len(origins) > 1 else None, None
+    if held_out is not None:
+        last = origins[-1]
+        bounds = interval_bounds(held_out, selected_forecast(last.forecasts, selection), last.scale)
+        inside = ((last.y >= bounds[0]) & (last.y <= bounds[1])).mean(axis=(0, 1))
+        figures["interval_coverage"] = dict(zip(selection, map(float, inside)))
+        figures["interval_coverage_origin"] = last.start
+    return calibrate(origins), figures, bounds
+
+
+def selected_forecast(forecasts: dict[str, np.ndarray], selection: dict[str, str]) -> np.ndarray:
+    """The forecast of each target by its selected method (a single method or a blend such as a+b)."""
+    return np.stack([blend(forecasts, method)[..., c] for c, method in enumerate(selection.values())], axis=-1)
+
+
+def score_backtest(
+    origins: Sequence[OriginResult], *, targets: tuple, forced: str
+) -> tuple[pd.DataFrame, dict, dict[str, str]]:
+    """Every method and blend scored at every origin (original units), the mean over origins, and per target the
+    method with the lowest mean WAPE (or `forced`, when not "auto").
+
+    Returns the per-series metrics, the figures for metricas.json and the selection {target: method}.
+    """
+    rows, per_origin = [], []
+    for origin in origins:
+        forecasts = with_blends(origin.forecasts)
+        per_series, overall = evaluate_methods(
+            origin.y, forecasts, scale=origin.mase_scale, keys=origin.keys, targets=targets
+        )
+        rows.append(per_series.assign(origin=origin.start))
+        per_origin.append(overall)
+    mean, spread = mean_over_origins(per_origin)
+    chosen = select_methods(mean, CANDIDATES)
+    for target, figures in chosen.items():
+        figures["method"] = figures["method"] if forced == "auto" else forced
+        logger.info(
+            "%s: forecasting with %s (%s), mean backtest WAPE %.4f over %d origins = %.3f x zero-shot %.4f; runner-up "
+            "%s %.4f",
+            target,
+            figures["method"],
+            "backtest winner" if forced == "auto" else "FORECAST_METHOD",
+            mean[target][figures["method"]]["wape"],
+            len(origins),
+            mean[target][figures["method"]]["wape"] / figures["zero_shot_wape"],
+            figures["zero_shot_wape"],
+            figures["runner_up"],
+            figures["runner_up_wape"],
+        )
+    logger.info(
+        "Mean over %d backtest origins (original units, forecasts clipped at 0):\n%s", len(origins), metric_table(mean)
     )
     figures = {
-        "test_loss": test_loss,
-        "n_test_series": len(series),
-        "test_window_start": str(panel.dates[split.test_start].date()),
-        "metrics": overall,
+        "backtest": {
+            "origins": [
+                {"origin": o.start, "n_series": len(o.keys), "metrics": m, "training": o.training}
+                for o, m in zip(origins, per_origin)
+            ],
+            "spread": spread,
+        },
+        "metrics": mean,
+        "selection": chosen,
     }
-    coverage = ""
-    if conformal is not None:
-        inside = ((y >= lower) & (y <= upper)).mean(axis=(0, 1))
-        figures["interval_level"], figures["interval_coverage"] = level, dict(zip(panel.targets, map(float, inside)))
-        coverage = f"\n{100 * level:.0f}% interval coverage: {figures['interval_coverage']}"
-    logger.info(
-        "Test loss %.4f (%s, scaled units). Test window from %s, %d series (original units, forecasts clipped at 0):"
-        "\n%s%s",
-        test_loss,
-        model.config.loss,
-        figures["test_window_start"],
-        len(series),
-        metric_table(overall),
-        coverage,
-    )
-    return per_series, figures, conformal
+    return pd.concat(rows, ignore_index=True), figures, {t: f["method"] for t, f in chosen.items()}
 
 
 # ---- 7. forecast --------------------------------------------------------------------------------------------------
 
 
 def forecast_frame(
-    panel: Panel,
+    keys: pd.DataFrame,
     point: np.ndarray,
-    lower: np.ndarray | None,
-    upper: np.ndarray | None,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
     *,
+    dates: pd.DatetimeIndex,
+    targets: tuple,
     date_column: str,
-    new_series: np.ndarray,
+    new_series: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """previsoes.csv rows: every series x the weeks after the last date, point forecast and bounds per target."""
+    """previsoes.csv rows: every series (keys) x dates, point forecast and bounds per target."""
     horizon = point.shape[1]
-    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
-    frame = pd.DataFrame({date_column: np.tile(dates, len(panel.keys))})
-    for col in panel.keys.columns:
-        frame[col] = np.repeat(panel.keys[col].to_numpy(), horizon)
-    for c, target in enumerate(panel.targets):
+    frame = pd.DataFrame({date_column: np.tile(dates, len(keys))})
+    for col in keys.columns:
+        frame[col] = np.repeat(keys[col].to_numpy(), horizon)
+    for c, target in enumerate(targets):
         frame[target] = point[..., c].ravel()
-        if lower is not None:
-            frame[f"{target}_lower"] = lower[..., c].ravel()
-            frame[f"{target}_upper"] = upper[..., c].ravel()
-    frame["new_series"] = np.repeat(new_series, horizon)
+        if bounds is not None:
+            frame[f"{target}_lower"] = bounds[0][..., c].ravel()
+            frame[f"{target}_upper"] = bounds[1][..., c].ravel()
+    if new_series is not None:
+        frame["new_series"] = np.repeat(new_series, horizon)
     return frame
 
 
 def forecast_future(
-    model: torch.nn.Module,
+    models: dict[str, torch.nn.Module],
     data: ScaledPanel,
     conformal: PostHocProbabilisticProcessor | None,
+    selection: dict[str, str],
     *,
     horizon: int,
     date_column: str,
 ) -> pd.DataFrame:
-    """previsoes.csv rows: every series forecast from its last week (point and bounds, original units); series the
-    scaler did not know are flagged new_series."""
+    """previsoes.csv rows: every series forecast from its last week by each target's selected method (point and
+    bounds, original units); series the scaler did not know are flagged new_series."""
     panel = data.panel
     windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    forecasts = predict_with_intervals(model, data, windows, conformal, horizon=horizon)
-    return forecast_frame(panel, *forecasts, date_column=date_column, new_series=~data.scaling.known)
+    forecasts = baseline_forecasts(panel.values, panel.start, windows, horizon)
+    for name in {part for method in selection.values() for part in method.split("+")} & set(models):
+        scaled = forecast_scaled(models[name], data.values, panel.start, windows, horizon=horizon)
+        forecasts[name] = data.scaling.invert(scaled, windows[0])
+    point = selected_forecast(forecasts, selection)
+    bounds = None if conformal is None else interval_bounds(conformal, point, data.scaling.scale)
+    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
+    return forecast_frame(
+        panel.keys,
+        point,
+        bounds,
+        dates=dates,
+        targets=panel.targets,
+        date_column=date_column,
+        new_series=~data.scaling.known,
+    )
 
 
 # ---- 8. save ------------------------------------------------------------------------------------------------------
@@ -869,16 +1121,18 @@ def _sha256(path: Path) -> str:
 
 
 def save_artifacts(
-    model: torch.nn.Module,
+    models: dict[str, torch.nn.Module],
     tsp: TimeSeriesPreprocessor,
     conformal: PostHocProbabilisticProcessor | None,
     settings: dict,
     final_dir: Path,
 ) -> None:
-    """Write model, preprocessor.pkl, conformal and settings beside final_dir, then swap it in atomically."""
+    """Write the models ("fine_tuned" at the top, "zero_shot" in zero_shot/), preprocessor.pkl, conformal.pkl and
+    settings beside final_dir, then swap it in atomically."""
     staging, backup = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".bak")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    models["fine_tuned"].save_pretrained(staging)
+    models["zero_shot"].save_pretrained(staging / "zero_shot")
     # Plain pickle: preprocessor.pkl loads 10x faster than with joblib, and conformal.pkl in 1 ms against 50 ms for
     # PostHocProbabilisticProcessor.from_pretrained (which formats the whole 1.2 MB config for a log line).
     with open(staging / "preprocessor.pkl", "wb") as f:
@@ -890,7 +1144,7 @@ def save_artifacts(
     manifest = {
         "tool": "ttm_model",
         "versions": {p: version(p) for p in PACKAGES},
-        "sha256": {f.name: _sha256(f) for f in sorted(staging.iterdir())},
+        "sha256": {f.relative_to(staging).as_posix(): _sha256(f) for f in sorted(staging.rglob("*")) if f.is_file()},
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if final_dir.exists():
@@ -902,9 +1156,13 @@ def save_artifacts(
 
 
 def load_artifacts(
-    final_dir: Path,
-) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, PostHocProbabilisticProcessor | None, dict]:
-    """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles)."""
+    final_dir: Path, *, method: str = "auto"
+) -> tuple[dict[str, torch.nn.Module], TimeSeriesPreprocessor, PostHocProbabilisticProcessor | None, dict]:
+    """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles).
+
+    Returns the models that the forecast method needs (the saved selection, or `method` for every target), the
+    preprocessor, the intervals and the settings with "SELECTION" set to what will be used.
+    """
     manifest_file = final_dir / "manifest.json"
     if not manifest_file.is_file():
         raise InputError(
@@ -926,8 +1184,16 @@ def load_artifacts(
             logger.warning("%s: written with %s %s, running %s", final_dir, package, wrote, version(package))
     from tsfm_public import TinyTimeMixerForPrediction
 
-    model = TinyTimeMixerForPrediction.from_pretrained(final_dir)
     settings = json.loads((final_dir / "settings.json").read_text(encoding="utf-8"))
+    if "SELECTION" not in settings:
+        raise InputError(
+            f"{final_dir}: written by an older version (no method selection); retrain: python ttm_model.py"
+        )
+    if method != "auto":
+        settings["SELECTION"] = dict.fromkeys(settings["SELECTION"], method)
+    needed = {part for chosen in settings["SELECTION"].values() for part in chosen.split("+")}
+    folders = {"fine_tuned": final_dir, "zero_shot": final_dir / "zero_shot"}
+    models = {name: TinyTimeMixerForPrediction.from_pretrained(folders[name]) for name in needed & set(folders)}
     with open(final_dir / "preprocessor.pkl", "rb") as f:
         tsp = pickle.load(f)
     conformal = None
@@ -936,11 +1202,10 @@ def load_artifacts(
             conformal = pickle.load(f)
     else:
         logger.warning(
-            "%s: no conformal.pkl (training had too few validation windows, or the folder is older); previsoes.csv "
-            "gets no interval bounds until you retrain",
+            "%s: no conformal.pkl (the backtest had too few windows); previsoes.csv gets no interval bounds",
             final_dir,
         )
-    return model, tsp, conformal, settings
+    return models, tsp, conformal, settings
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -983,59 +1248,103 @@ def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
 
 def run_train(cfg: SimpleNamespace) -> dict:
     """The training run, one named call per section; returns the metrics also written to metricas.json."""
-    results, final_dir, clock = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR), PhaseClock()
+    results, final_dir, clock, horizon = (
+        Path(cfg.RESULTS_DIR),
+        Path(cfg.FINAL_MODEL_DIR),
+        PhaseClock(),
+        cfg.PREDICTION_LENGTH,
+    )
     check_output_dirs([results, final_dir.resolve().parent], cfg.MIN_FREE_DISK_MB)
     columns = {"date_column": cfg.DATE_COLUMN, "id_columns": cfg.ID_COLUMNS, "target_columns": cfg.TARGET_COLUMNS}
     synthetic_dir = results if cfg.DATA_PATH == config.DATA_PATH else None  # only the default path may be absent
     sales = load_sales(cfg.DATA_PATH, **columns, seed=cfg.SEED, synthetic_dir=synthetic_dir)  # 1
     clock.lap("load")
     panel, anchor = resample_weekly(sales, **columns, anchor=cfg.WEEK_ANCHOR, source=cfg.DATA_PATH)  # 2
-    split = split_by_time(  # 3
+    splits = backtest_splits(  # 3 (each origin scales on its own training weeks, section 2's fit_group_scaler)
         panel,
-        horizon=cfg.PREDICTION_LENGTH,
+        origins=cfg.BACKTEST_ORIGINS,
+        step=cfg.BACKTEST_STEP or horizon,
+        horizon=horizon,
         min_context=cfg.MIN_CONTEXT_WEEKS,
         stride=cfg.TRAIN_STRIDE,
-        max_windows=cfg.MAX_TRAIN_WINDOWS,
     )
-    tsp = fit_group_scaler(panel, fit_end=split.fit_end)  # 2, on the training weeks the split leaves
-    data = scale_panel(panel, tsp)
     clock.lap("preprocess")
-    model = build_model(  # 4
+    pretrained = build_model(  # 4
         cfg.PRETRAINED_MODEL,
         context_length=cfg.CONTEXT_LENGTH,
-        prediction_length=cfg.PREDICTION_LENGTH,
+        prediction_length=horizon,
         prefer_l1=cfg.PREFER_L1_LOSS,
         num_channels=len(cfg.TARGET_COLUMNS),
     )
-    zero_shot = copy.deepcopy(model)  # the same pretrained weights, kept untouched for the comparison
-    trainable = unfreeze_only(model, cfg.TRAINABLE_LAYERS)
-    datasets = window_datasets(
-        data, {"train": split.train, "valid": split.valid}, model=model, horizon=cfg.PREDICTION_LENGTH
-    )
-    trainer = make_trainer(  # 5
-        model, datasets, out_dir=results, run_name=Path(cfg.DATA_PATH).stem, settings=TrainSettings.from_config(cfg)
-    )
-    checkpoint = resume_checkpoint(results, run_fingerprint(vars(cfg), panel), cfg.FRESH_START)
+    zero_shot = copy.deepcopy(pretrained)  # the same pretrained weights, kept untouched for the comparison
+    trainable = unfreeze_only(pretrained, cfg.TRAINABLE_LAYERS)
+    settings, resume = TrainSettings.from_config(cfg), (run_fingerprint(vars(cfg), panel), cfg.FRESH_START)
     clock.lap("model")
-    model, training = fine_tune(trainer, zero_shot, checkpoint=checkpoint)
-    clock.lap("train")
-    per_series, evaluation, conformal = evaluate_on_test(  # 6
-        trainer, zero_shot, data, split, horizon=cfg.PREDICTION_LENGTH, level=cfg.INTERVAL_LEVEL
+    origins = [  # 5: one fine-tune per backtest origin, early stopping on that origin's validation WAPE
+        backtest_origin(
+            panel,
+            s,
+            pretrained=pretrained,
+            zero_shot=zero_shot,
+            settings=settings,
+            out_dir=results / f"origin-{i}",
+            resume=resume,
+        )
+        for i, s in enumerate(splits, start=1)
+    ]
+    clock.lap("backtest")
+    per_series, evaluation, selection = score_backtest(origins, targets=panel.targets, forced=cfg.FORECAST_METHOD)  # 6
+    conformal, intervals, last_origin = backtest_intervals(origins, selection, cfg.INTERVAL_LEVEL)
+    epochs = refit_epochs(origins) if "fine_tuned" in "+".join(selection.values()) else 0
+    model, tsp, data = refit(  # 7: the final model on every week, then the forecast
+        panel,
+        pretrained=pretrained,
+        epochs=epochs,
+        horizon=horizon,
+        settings=settings,
+        out_dir=results / "refit",
+        resume=resume,
     )
-    clock.lap("evaluate")
-    future = forecast_future(model, data, conformal, horizon=cfg.PREDICTION_LENGTH, date_column=cfg.DATE_COLUMN)  # 7
+    clock.lap("refit")
+    models = {"fine_tuned": model, "zero_shot": zero_shot}
+    future = forecast_future(models, data, conformal, selection, horizon=horizon, date_column=cfg.DATE_COLUMN)
     write_forecasts(future, results / "previsoes.csv", date_column=cfg.DATE_COLUMN)
     forecast_rate = len(panel.keys) / clock.lap("forecast")
-    plot_results(  # 8
-        panel, future, evaluation["metrics"], results / "plots", top_n=cfg.PLOT_TOP_SERIES, level=cfg.INTERVAL_LEVEL
+    last = forecast_frame(
+        origins[-1].keys,
+        selected_forecast(origins[-1].forecasts, selection),
+        last_origin,
+        dates=panel.dates[splits[-1].test_start :],
+        targets=panel.targets,
+        date_column=cfg.DATE_COLUMN,
     )
+    plot_results(
+        panel,
+        future,
+        last,
+        evaluation["metrics"],
+        results / "plots",
+        top_n=cfg.PLOT_TOP_SERIES,
+        level=cfg.INTERVAL_LEVEL,
+    )  # 8
     clock.lap("plots")
-    settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "model_context_length": model.config.context_length}
-    save_artifacts(model, tsp, conformal, settings, final_dir)
+    saved = {
+        **vars(cfg),
+        "WEEK_ANCHOR": anchor,
+        "SELECTION": selection,
+        "model_context_length": model.config.context_length,
+    }
+    save_artifacts(models, tsp, conformal, saved, final_dir)
     clock.lap("save")
-    metrics = {**training, "trainable_fraction": trainable, "n_series": len(panel.keys), **evaluation}
+    metrics = {
+        "trainable_fraction": trainable,
+        "n_series": len(panel.keys),
+        "refit_epochs": epochs,
+        **evaluation,
+        **intervals,
+    }
     metrics |= {"forecast_series_per_s": forecast_rate, "phase_seconds": clock.seconds}
-    write_metrics(metrics, per_series, results, logging_dir=trainer.args.logging_dir, step=trainer.state.global_step)
+    write_metrics(metrics, per_series, results)
     logger.info("Done in %s", clock)
     return metrics
 
@@ -1044,7 +1353,7 @@ def run_predict(cfg: SimpleNamespace) -> dict:
     """Forecast new data with FINAL_MODEL_DIR, without training."""
     results, clock = Path(cfg.RESULTS_DIR), PhaseClock()
     check_output_dirs([results], 1)
-    model, tsp, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR))
+    models, tsp, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR), method=cfg.FORECAST_METHOD)
     clock.lap("load model")
     date_column, ids, targets = saved["DATE_COLUMN"], tuple(saved["ID_COLUMNS"]), tuple(saved["TARGET_COLUMNS"])
     sales = read_sales_csv(cfg.DATA_PATH, date_column=date_column, id_columns=ids, target_columns=targets)
@@ -1066,7 +1375,8 @@ def run_predict(cfg: SimpleNamespace) -> dict:
             panel.keys[new].head(10).to_dict("records"),
         )
     clock.lap("preprocess")
-    future = forecast_future(model, data, conformal, horizon=int(saved["PREDICTION_LENGTH"]), date_column=date_column)
+    horizon = int(saved["PREDICTION_LENGTH"])
+    future = forecast_future(models, data, conformal, saved["SELECTION"], horizon=horizon, date_column=date_column)
     clock.lap("forecast")
     write_forecasts(future, results / "previsoes.csv", date_column=date_column)
     clock.lap("write")

@@ -81,5 +81,7 @@ def run_args(tmp_path: Path, model_dir: str, data: Path, *extra: str) -> list[st
         f"--RESULTS_DIR={tmp_path / 'results'}",
         f"--FINAL_MODEL_DIR={tmp_path / 'final'}",
         "--PLOT_TOP_SERIES=1",
+        "--BACKTEST_ORIGINS=2",
+        "--MAX_TRAIN_WINDOWS=256",
         *extra,
     ]

@@ -11,7 +11,8 @@ import config
 def test_defaults_match_design_card():
     cfg = config.resolve([], {})
     assert (cfg.CONTEXT_LENGTH, cfg.PREDICTION_LENGTH, cfg.EARLY_STOPPING_PATIENCE) == (104, 26, 15)
-    assert cfg.TARGET_COLUMNS == ("vendas", "faturamento") and cfg.TRAINABLE_LAYERS == ("decoder*fc1", "decoder*fc2")
+    assert cfg.TARGET_COLUMNS == ("vendas", "faturamento")
+    assert cfg.TRAINABLE_LAYERS == ("decoder*fc1", "decoder*fc2", "head")  # fc1/fc2 of the decoder, and the head
 
 
 def test_precedence_env_file_env_cli(tmp_path):
@@ -68,6 +69,9 @@ BAD_VALUES = {
     "ID_COLUMNS": ("a,b,c,d", "ID_COLUMNS=('a', 'b', 'c', 'd') is not allowed: use 1 to 3 distinct"),
     "TARGET_COLUMNS": ("vendas,vendas", "TARGET_COLUMNS=('vendas', 'vendas') is not allowed: use 1 or more distinct"),
     "WEEK_ANCHOR": ("W-XYZ", "WEEK_ANCHOR='W-XYZ' is not allowed: use 'auto' or W-MON .. W-SUN"),
+    "BACKTEST_ORIGINS": ("0", "BACKTEST_ORIGINS=0 is not allowed: use an integer >= 1"),
+    "BACKTEST_STEP": ("-26", "BACKTEST_STEP=-26 is not allowed: use an integer >= 0 (0 = PREDICTION_LENGTH)"),
+    "FORECAST_METHOD": ("best", "FORECAST_METHOD='best' is not allowed: use auto or one of fine_tuned, zero_shot"),
     "MIN_CONTEXT_WEEKS": ("0", "MIN_CONTEXT_WEEKS=0 is not allowed: use an integer >= 1"),
     "TRAIN_STRIDE": ("0", "TRAIN_STRIDE=0 is not allowed: use an integer >= 1"),
     "MAX_TRAIN_WINDOWS": ("-5", "MAX_TRAIN_WINDOWS=-5 is not allowed: use an integer >= 0"),

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, make_panel
 
 from sales_csv import InputError, read_sales_csv, write_forecasts
-from ttm_model import forecast_frame, resample_weekly, split_by_time, synthesize_sales
+from ttm_model import backtest_splits, forecast_frame, resample_weekly, synthesize_sales
 
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
@@ -122,7 +122,7 @@ def _load_split(path):
     panel, _ = resample_weekly(
         df, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"], source=str(path)
     )
-    split_by_time(panel, horizon=8, min_context=8, stride=1)
+    backtest_splits(panel, origins=1, step=8, horizon=8, min_context=8, stride=1)
     return df, panel
 
 
@@ -246,7 +246,16 @@ def test_text_ids_round_trip_to_the_forecast_file(tmp_path):
     )
     horizon = 3
     point = np.random.default_rng(0).uniform(0, 100, (len(panel.keys), horizon, 2))
-    frame = forecast_frame(panel, point, point * 0.9, point * 1.1, date_column="date", new_series=np.zeros(4, bool))
+    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
+    frame = forecast_frame(
+        panel.keys,
+        point,
+        (point * 0.9, point * 1.1),
+        dates=dates,
+        targets=panel.targets,
+        date_column="date",
+        new_series=np.zeros(4, bool),
+    )
     out = tmp_path / "previsoes.csv"
     out.write_text("old")
     write_forecasts(frame, out, date_column="date")

@@ -9,17 +9,22 @@ from tsfm_public import ForecastDFDataset
 
 from ttm_model import (
     InputError,
+    TrainSettings,
     WindowDataset,
+    backtest_splits,
     build_model,
     collate_windows,
     fit_group_scaler,
     gather_windows,
+    make_trainer,
     panel_scaling,
+    refit_windows,
     resample_weekly,
     scale_panel,
     split_by_time,
     steps_per_epoch,
     unfreeze_only,
+    window_datasets,
 )
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
@@ -75,46 +80,76 @@ def test_resample_equals_pandas_groupby_resample(anchor, caplog):
     assert panel.values.sum(axis=(0, 1)) == pytest.approx(rows[list(TARGETS)].sum().to_numpy())
 
 
+def _split(panel, stride=1, horizon=HORIZON):
+    return split_by_time(panel, end=len(panel.dates), horizon=horizon, min_context=8, stride=stride)
+
+
 def test_split_no_leakage_and_every_combination(panel_df):
     panel, _ = _panel(panel_df)
-    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    split = _split(panel)
     n = len(panel.keys)
     assert split.test_start == len(panel.dates) - HORIZON and split.valid_start == split.test_start - HORIZON
-    assert (split.train[1] + HORIZON <= split.valid_start).all()  # training targets end before validation
+    assert split.train[1].max() == split.valid_start - 1  # the latest training window ends right before validation
+    batch = gather_windows(panel.values, panel.start, *split.train, context=30, horizon=HORIZON, target_end=41)
+    weeks = split.train[1][:, None] + np.arange(HORIZON)
+    mask = batch["future_observed_mask"][..., 0].numpy()
+    np.testing.assert_array_equal(mask, weeks < 41)  # target weeks from target_end on are masked ...
+    assert (batch["future_values"].numpy()[~mask] == 0).all()  # ... and never read
     assert (split.valid[1] + HORIZON <= split.test_start).all()
     for part in (split.train, split.valid, split.test):
         assert set(part[0]) == set(range(n))  # every product-UF in every split
     assert (split.fit_end == split.valid_start).all()
 
 
-def test_split_lists_new_series_and_rejects_short_calendar(panel_df, caplog):
+def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
     new = panel_df[panel_df["produto_cat"] == "001"].tail(20).assign(produto_cat="NEW")
     panel, _ = _panel(pd.concat([panel_df, new]))
-    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    splits = backtest_splits(panel, origins=3, step=5, horizon=HORIZON, min_context=8, stride=1)
+    assert [s.end for s in splits] == [70, 75, 80] and [s.test_start for s in splits] == [62, 67, 72]
     new_idx = int(np.flatnonzero(panel.keys["produto_cat"] == "NEW")[0])
-    assert new_idx in split.test[0] and new_idx not in split.train[0]
+    assert new_idx in splits[-1].test[0] and new_idx not in splits[-1].train[0]
     assert "too new" in caplog.text and "NEW" in caplog.text
-    with pytest.raises(InputError, match=r"data cover 80 weeks; training needs at least 96"):
-        split_by_time(panel, horizon=30, min_context=6, stride=1)
+    late = backtest_splits(panel, origins=11, step=8, horizon=HORIZON, min_context=8, stride=1)
+    assert [s.end for s in late] == [16, 24, 32, 40, 48, 56, 64, 72, 80] and "only the last 9 origin(s)" in caplog.text
+    assert len(late[0].train[0]) == len(late[0].valid[0]) == 0 and len(late[0].test[0]) == len(panel.keys) - 1
+    with pytest.raises(InputError, match=r"data cover 80 weeks; training needs at least 87"):
+        backtest_splits(panel, origins=1, step=40, horizon=40, min_context=6, stride=1)
 
 
 def test_stride_keeps_latest_window(panel_df):
     panel, _ = _panel(panel_df)
-    full = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
-    sparse = split_by_time(panel, horizon=HORIZON, min_context=8, stride=4)
+    full, sparse = _split(panel), _split(panel, stride=4)
     assert len(sparse.train[0]) == pytest.approx(len(full.train[0]) / 4, abs=len(panel.keys))
-    assert sparse.train[1].max() == full.train[1].max() == full.valid_start - HORIZON
-    capped = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1, max_windows=len(full.train[0]) // 5)
-    assert len(full.train[0]) // 6 < len(capped.train[0]) <= len(full.train[0]) // 5
-    assert capped.train[1].max() == full.valid_start - HORIZON and set(capped.train[0]) == set(full.train[0])
-    one_each = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1, max_windows=2)  # fewer than series
-    assert sorted(one_each.train[0]) == sorted(set(full.train[0]))
-    assert (one_each.train[1] == full.valid_start - HORIZON).all()
+    assert sparse.train[1].max() == full.train[1].max() == full.valid_start - 1
+
+
+def test_refit_trains_on_every_week(panel_df):
+    panel, _ = _panel(panel_df)
+    series, cuts = refit_windows(panel, min_context=8, stride=1)
+    n_weeks = len(panel.dates)
+    assert cuts.max() == n_weeks - 1 and set(series) == set(range(len(panel.keys)))
+    batch = gather_windows(panel.values, panel.start, series, cuts, context=30, horizon=HORIZON, target_end=n_weeks)
+    target_weeks = (cuts[:, None] + np.arange(HORIZON))[batch["future_observed_mask"][..., 0].numpy()]
+    assert set(target_weeks) == set(range(8, n_weeks))  # every week after the first context is a target
+
+
+def test_each_epoch_draws_other_windows(panel_df, model_dir, tmp_path):
+    panel, _ = _panel(panel_df)
+    split = _split(panel)
+    data = scale_panel(panel, fit_group_scaler(panel, fit_end=split.fit_end))
+    model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
+    datasets = window_datasets(data, {"train": split.train}, model=model, horizon=HORIZON, train_end=split.valid_start)
+    settings = TrainSettings(1e-3, 0.0, 2, 8, 1, 0, 0, True, windows_per_epoch=40, min_context=8, stride=1)
+    trainer = make_trainer(model, datasets, out_dir=tmp_path / "t", settings=settings, metric=None)
+    assert len(trainer.get_train_dataloader()) == 5  # 40 windows per epoch in batches of 8
+    sampler = trainer._get_train_sampler()
+    first, second = list(sampler), list(sampler)
+    assert len(set(first)) == len(first) == 40 and first != second and max(first + second) < len(split.train[0])
 
 
 def test_scaler_fitted_on_train_only(panel_df):
     panel, _ = _panel(panel_df)
-    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    split = _split(panel)
     before = panel_scaling(fit_group_scaler(panel, fit_end=split.fit_end), panel)
     changed = panel.values.copy()
     changed[:, split.valid_start :] *= 100  # validation and test weeks must not move the scaler
@@ -170,7 +205,7 @@ def test_windows_equal_forecastdfdataset(panel_df):
 def test_batched_fetch_equals_per_window_items(panel_df):
     """The DataLoader's one-gather batches (__getitems__ + collate_windows) hold what per-item fetching gives."""
     panel, _ = _panel(panel_df)
-    split = split_by_time(panel, horizon=HORIZON, min_context=8, stride=1)
+    split = _split(panel)
     ds = WindowDataset(panel.values, panel.start, split.train, context=30, horizon=HORIZON, freq_token=9)
 
     def sampler():

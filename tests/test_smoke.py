@@ -20,7 +20,11 @@ import ttm_model
 
 
 def _digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +46,33 @@ def test_training_run_writes_everything(trained):
         "settings.json",
         "manifest.json",
         "conformal.pkl",
+        "zero_shot",
     } <= set(os.listdir(final))
-    assert metrics["test_loss"] > 0 and metrics["epochs"] == 1
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(final / "zero_shot"))
     assert list(metrics["phase_seconds"]) == [
         "load",
         "preprocess",
         "model",
-        "train",
-        "evaluate",
+        "backtest",
+        "refit",
         "forecast",
         "plots",
         "save",
     ]
-    assert all(v >= 0 for v in metrics["phase_seconds"].values()) and metrics["phase_seconds"]["train"] > 0
-    assert metrics["train_windows_per_s"] > 0 and metrics["forecast_series_per_s"] > 0
-    assert set(metrics["metrics"]) == {"vendas", "faturamento"}
-    assert set(metrics["metrics"]["vendas"]) == {"fine_tuned", "zero_shot", "seasonal_naive", "naive"}
+    assert all(v >= 0 for v in metrics["phase_seconds"].values()) and metrics["phase_seconds"]["backtest"] > 0
+    origins = metrics["backtest"]["origins"]
+    assert [o["origin"] for o in origins] == ["2023-03-26", "2023-05-21"]  # BACKTEST_ORIGINS=2, the last at the end
+    assert all(o["training"]["epochs"] == 1 and o["training"]["train_windows_per_s"] > 0 for o in origins)
+    assert metrics["forecast_series_per_s"] > 0
+    assert set(metrics["metrics"]) == set(metrics["selection"]) == {"vendas", "faturamento"}
+    assert set(metrics["metrics"]["vendas"]) == set(ttm_model.CANDIDATES)
+    for target, chosen in metrics["selection"].items():  # the winner has the lowest mean backtest WAPE
+        assert chosen["wape"] == min(m["wape"] for m in metrics["metrics"][target].values())
     assert list((results / "logs").rglob("events.out.tfevents*"))
     per_series = pd.read_csv(results / "metricas_por_serie.csv")
-    assert len(per_series) == 6 * 2 * 4 and per_series["wape"].notna().all()
-    assert list((results / "plots").glob("*.png"))
+    assert len(per_series) == 2 * 6 * 2 * len(ttm_model.CANDIDATES) and per_series["wape"].notna().all()
+    assert set(per_series["origin"]) == {"2023-03-26", "2023-05-21"}
+    assert {"forecast_01.png", "backtest_01.png", "accuracy_by_method.png"} <= set(os.listdir(results / "plots"))
 
 
 def test_forecast_file(trained):
@@ -77,7 +88,7 @@ def test_forecast_file(trained):
             future[target] <= future[f"{target}_upper"]
         ).all()
         assert (future[f"{target}_lower"] >= 0).all()
-    assert 0 <= metrics["interval_coverage"]["vendas"] <= 1
+    assert 0 <= metrics["interval_coverage"]["vendas"] <= 1 and metrics["interval_coverage_origin"] == "2023-05-21"
 
 
 def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
@@ -157,15 +168,14 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     df = make_panel(n_weeks=120)  # longer than the model's 90-week context: no padding on either side
     path = tmp_path / "long.csv"
     df.to_csv(path, index=False)
-    ttm_model.main(
-        ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
-    )
+    argv = ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
+    ttm_model.main([*argv, "--FORECAST_METHOD=fine_tuned"])
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
-    model, tsp, _, _ = ttm_model.load_artifacts(tmp / "final")
+    models, tsp, _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
     pipe = TimeSeriesForecastingPipeline(
-        model,
+        models["fine_tuned"],
         feature_extractor=tsp,
-        context_length=model.config.context_length,
+        context_length=models["fine_tuned"].config.context_length,
         prediction_length=HORIZON,
         add_known_ground_truth=False,
         device="cpu",
@@ -233,10 +243,13 @@ def test_unwritable_output_fails_before_training(tmp_path):
         ttm_model.check_output_dirs([tmp_path], 10**12)
 
 
-def test_same_seed_same_test_loss(trained, model_dir, tmp_path):
+def test_same_seed_same_backtest_and_forecast(trained, model_dir, tmp_path):
     tmp, data, metrics = trained
     again = ttm_model.main(run_args(tmp_path, model_dir, data))
-    assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    assert again["metrics"] == metrics["metrics"] and again["selection"] == metrics["selection"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "results" / "previsoes.csv"), pd.read_csv(tmp / "results" / "previsoes.csv")
+    )
 
 
 def test_resume_after_kill(tmp_path, model_dir):
@@ -245,7 +258,7 @@ def test_resume_after_kill(tmp_path, model_dir):
     cmd = [sys.executable, str(ROOT / "ttm_model.py"), *run_args(tmp_path, model_dir, data, "--NUM_TRAIN_EPOCHS=3")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((tmp_path / "results").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+    while not list((tmp_path / "results").glob("origin-*/checkpoint-*/trainer_state.json")) and time.time() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
@@ -294,3 +307,15 @@ def test_cuda_out_of_memory_is_one_line_with_a_smaller_batch(trained, model_dir,
     err = capsys.readouterr().err
     assert "ERROR ttm_model: CUDA out of memory with BATCH_SIZE=512" in err and "--BATCH_SIZE=256" in err
     assert "Traceback" not in err
+
+
+def test_diverging_fine_tune_falls_back_to_the_pretrained_model(tmp_path, model_dir):
+    data = tmp_path / "vendas.csv"
+    make_panel().to_csv(data, index=False)
+    metrics = ttm_model.main(run_args(tmp_path, model_dir, data, "--LEARNING_RATE=1000"))
+    for origin in metrics["backtest"]["origins"]:
+        assert origin["training"]["best_epoch"] == 0  # the guard kept the pretrained weights at every origin
+        for by_method in origin["metrics"].values():
+            assert by_method["fine_tuned"] == by_method["zero_shot"]
+    assert metrics["refit_epochs"] == 0 and all(c["vs_zero_shot"] <= 1 for c in metrics["selection"].values())
+    assert all("fine_tuned" not in c["method"] for c in metrics["selection"].values())  # ties go to zero-shot
