@@ -20,7 +20,9 @@ from ttm_model import (
 )
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
-SETTINGS = TrainSettings(1e-3, 0.0, 2, 16, 1, 0, 0, True, windows_per_epoch=64, min_context=8, stride=2)
+SETTINGS = TrainSettings(
+    1e-3, 0.0, 2, 16, 1, 0, 0, True, windows_per_epoch=64, min_context=8, stride=2, horizon=HORIZON
+)
 
 
 def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) -> OriginResult:
@@ -76,7 +78,7 @@ def pretrained(model_dir):
 def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp_path):
     df = make_panel(n_weeks=90)
     panel, _ = resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
-    split = backtest_splits(panel, origins=2, step=HORIZON, horizon=HORIZON, min_context=8, stride=2)[0]
+    split = backtest_splits(panel, origins=2, step=HORIZON, settings=SETTINGS)[0]
     spiked = copy.deepcopy(panel)
     spiked.values[:, split.end :] *= 1000  # the weeks after the first origin's test window
     model, zero_shot = pretrained

@@ -12,8 +12,9 @@ import pytest
 from conftest import ROOT, make_panel
 
 from sales_csv import InputError, read_sales_csv, write_forecasts
-from ttm_model import backtest_splits, forecast_frame, resample_weekly, synthesize_sales
+from ttm_model import TrainSettings, backtest_splits, forecast_frame, resample_weekly, synthesize_sales
 
+SETTINGS = TrainSettings(1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, min_context=8, stride=1, horizon=8)
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
 
@@ -122,7 +123,7 @@ def _load_split(path):
     panel, _ = resample_weekly(
         df, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"], source=str(path)
     )
-    backtest_splits(panel, origins=1, step=8, horizon=8, min_context=8, stride=1)
+    backtest_splits(panel, origins=1, step=8, settings=SETTINGS)
     return df, panel
 
 

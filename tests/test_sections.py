@@ -1,5 +1,7 @@
 """Sections 2-4: weekly panel, split without leakage, scaler on train only, windows, trainable layers."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from ttm_model import (
     InputError,
     TrainSettings,
     WindowDataset,
+    _scaler_frame,
     backtest_splits,
     build_model,
     collate_windows,
@@ -104,16 +107,19 @@ def test_split_no_leakage_and_every_combination(panel_df):
 def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
     new = panel_df[panel_df["produto_cat"] == "001"].tail(20).assign(produto_cat="NEW")
     panel, _ = _panel(pd.concat([panel_df, new]))
-    splits = backtest_splits(panel, origins=3, step=5, horizon=HORIZON, min_context=8, stride=1)
+    settings = TrainSettings(
+        1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, min_context=8, stride=1, horizon=HORIZON
+    )
+    splits = backtest_splits(panel, origins=3, step=5, settings=settings)
     assert [s.end for s in splits] == [70, 75, 80] and [s.test_start for s in splits] == [62, 67, 72]
     new_idx = int(np.flatnonzero(panel.keys["produto_cat"] == "NEW")[0])
     assert new_idx in splits[-1].test[0] and new_idx not in splits[-1].train[0]
     assert "too new" in caplog.text and "NEW" in caplog.text
-    late = backtest_splits(panel, origins=11, step=8, horizon=HORIZON, min_context=8, stride=1)
+    late = backtest_splits(panel, origins=11, step=8, settings=settings)
     assert [s.end for s in late] == [16, 24, 32, 40, 48, 56, 64, 72, 80] and "only the last 9 origin(s)" in caplog.text
     assert len(late[0].train[0]) == len(late[0].valid[0]) == 0 and len(late[0].test[0]) == len(panel.keys) - 1
     with pytest.raises(InputError, match=r"data cover 80 weeks; training needs at least 87"):
-        backtest_splits(panel, origins=1, step=40, horizon=40, min_context=6, stride=1)
+        backtest_splits(panel, origins=1, step=0, settings=replace(settings, horizon=40, min_context=6))
 
 
 def test_stride_keeps_latest_window(panel_df):
@@ -139,7 +145,9 @@ def test_each_epoch_draws_other_windows(panel_df, model_dir, tmp_path):
     data = scale_panel(panel, fit_group_scaler(panel, fit_end=split.fit_end))
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     datasets = window_datasets(data, {"train": split.train}, model=model, horizon=HORIZON, train_end=split.valid_start)
-    settings = TrainSettings(1e-3, 0.0, 2, 8, 1, 0, 0, True, windows_per_epoch=40, min_context=8, stride=1)
+    settings = TrainSettings(
+        1e-3, 0.0, 2, 8, 1, 0, 0, True, windows_per_epoch=40, min_context=8, stride=1, horizon=HORIZON
+    )
     trainer = make_trainer(model, datasets, out_dir=tmp_path / "t", settings=settings, metric=None)
     assert len(trainer.get_train_dataloader()) == 5  # 40 windows per epoch in batches of 8
     sampler = trainer._get_train_sampler()
@@ -274,3 +282,37 @@ def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
             prefer_l1=True,
             num_channels=2,
         )
+
+
+@pytest.mark.parametrize("ids", [IDS, ("produto_cat",)])
+def test_scaler_statistics_equal_granite_train(panel_df, ids):
+    """fit_group_scaler computes all series at once; granite's TimeSeriesPreprocessor.train fits them one by one."""
+    from tsfm_public import TimeSeriesPreprocessor
+
+    df = panel_df[panel_df["uf_cat"] == "SP"] if len(ids) == 1 else panel_df
+    df = pd.concat([df, df[df["produto_cat"] == "001"].assign(produto_cat="FLAT", vendas=7.0, faturamento=0.0)])
+    df = pd.concat([df, df[df["produto_cat"] == "002"].tail(30).assign(produto_cat="LATE")])
+    panel, _ = resample_weekly(df, date_column="date", id_columns=ids, target_columns=TARGETS)
+    fit_end = np.where(np.arange(len(panel.keys)) % 2, 60, 45)
+    ours = fit_group_scaler(panel, fit_end=fit_end)
+    rows = (np.arange(len(panel.dates)) >= panel.start[:, None]) & (np.arange(len(panel.dates)) < fit_end[:, None])
+    theirs = TimeSeriesPreprocessor(
+        timestamp_column="date",
+        id_columns=list(ids),
+        target_columns=list(TARGETS),
+        scaling=True,
+        scaler_type="standard",
+        freq="W",
+        encode_categorical=False,
+    ).train(_scaler_frame(panel, rows))
+    assert ours.target_scaler_dict.keys() == theirs.target_scaler_dict.keys()
+    for key, mine in ours.target_scaler_dict.items():
+        reference = theirs.target_scaler_dict[key]
+        for attribute in ("mean_", "var_", "scale_"):
+            np.testing.assert_allclose(getattr(mine, attribute), getattr(reference, attribute), rtol=1e-12, atol=1e-12)
+        assert mine.n_samples_seen_ == reference.n_samples_seen_
+        assert list(mine.feature_names_in_) == list(reference.feature_names_in_)
+    flat = ours.target_scaler_dict["FLAT" if len(ids) == 1 else ("FLAT", "SP")]
+    np.testing.assert_array_equal(flat.scale_, [1.0, 1.0])  # constant series: scale 1, as sklearn sets it
+    long = df[df["produto_cat"] != "LATE"].sort_values([*ids, "date"]).reset_index(drop=True)  # LATE: no fit weeks
+    pd.testing.assert_frame_equal(ours.preprocess(long), theirs.preprocess(long))

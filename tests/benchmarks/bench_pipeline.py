@@ -133,10 +133,8 @@ def main() -> None:
         splits = ttm_model.backtest_splits(
             panel,
             origins=cfg.BACKTEST_ORIGINS,
-            step=cfg.BACKTEST_STEP or cfg.PREDICTION_LENGTH,
-            horizon=cfg.PREDICTION_LENGTH,
-            min_context=cfg.MIN_CONTEXT_WEEKS,
-            stride=cfg.TRAIN_STRIDE,
+            step=cfg.BACKTEST_STEP,
+            settings=ttm_model.TrainSettings.from_config(cfg),
         )
         per_origin = [o["metrics"] for o in metrics["backtest"]["origins"]]
         if not args.no_classical:
