@@ -865,6 +865,17 @@ def forecast_scaled(
     return np.concatenate(out)
 
 
+def method_forecasts(
+    models: dict[str, torch.nn.Module], data: ScaledPanel, windows: tuple[np.ndarray, np.ndarray], *, horizon: int
+) -> dict[str, np.ndarray]:
+    """The baselines and each model's forecast of the windows, in original units (backtest origins and the future)."""
+    forecasts = baseline_forecasts(data.panel.values, data.panel.start, windows, horizon)
+    for name, model in models.items():
+        scaled = forecast_scaled(model, data.values, data.panel.start, windows, horizon=horizon)
+        forecasts[name] = data.scaling.invert(scaled, windows[0])
+    return forecasts
+
+
 def panel_until(panel: Panel, end: int) -> Panel:
     """The panel as it was before week `end`: what a backtest origin may read."""
     return Panel(panel.keys, panel.dates[:end], panel.values[:, :end], panel.start, panel.targets)
@@ -919,15 +930,12 @@ def backtest_origin(
         resume=resume,
     )
     series = split.test[0]
-    forecasts = {
-        name: known.scaling.invert(forecast_scaled(m, known.values, seen.start, split.test, horizon=horizon), series)
-        for name, m in (("fine_tuned", model), ("zero_shot", zero_shot))
-    }
+    forecasts = method_forecasts({"fine_tuned": model, "zero_shot": zero_shot}, known, split.test, horizon=horizon)
     return OriginResult(
         str(seen.dates[split.test_start].date()),
         seen.keys.iloc[series].reset_index(drop=True),
         seen.values[series[:, None], split.test_start + np.arange(horizon)],
-        forecasts | baseline_forecasts(seen.values, seen.start, split.test, horizon),
+        forecasts,
         known.scaling.scale[series],
         mase_scale(seen.values, seen.start, split.test_start)[series],
         training,
@@ -1177,10 +1185,8 @@ def forecast_future(
     bounds, original units); series the scaler did not know are flagged new_series."""
     panel = data.panel
     windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), len(panel.dates)))
-    forecasts = baseline_forecasts(panel.values, panel.start, windows, horizon)
-    for name in {part for method in selection.values() for part in method.split("+")} & set(models):
-        scaled = forecast_scaled(models[name], data.values, panel.start, windows, horizon=horizon)
-        forecasts[name] = data.scaling.invert(scaled, windows[0])
+    needed = {part for method in selection.values() for part in method.split("+")}
+    forecasts = method_forecasts({n: m for n, m in models.items() if n in needed}, data, windows, horizon=horizon)
     point = selected_forecast(forecasts, selection)
     bounds = None if conformal is None else interval_bounds(conformal, point, data.scaling.scale)
     dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]

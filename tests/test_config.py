@@ -154,3 +154,9 @@ def test_cli_help_and_bad_setting_in_our_log_format(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
     assert re.fullmatch(r"\d{4}-\d\d-\d\d [\d:,]+ ERROR ttm_model: LEARNING_RATE=-1.0 is not allowed: .*", lines[0])
+
+
+def test_forecast_method_choices_are_the_backtest_candidates():
+    import ttm_model  # config.py imports the standard library only, so it lists the candidates itself
+
+    assert set(config.METHODS) == set(ttm_model.CANDIDATES)
