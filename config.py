@@ -32,6 +32,10 @@ DATA_PATH: str = "dados/db_tratado-w.csv"  # CSV: date, produto_cat, uf_cat, ven
 DATE_COLUMN: str = "date"  # week (or day) of the row
 ID_COLUMNS: tuple = ("produto_cat", "uf_cat")  # 1 to 3 columns naming a series (product x UF)
 TARGET_COLUMNS: tuple = ("vendas", "faturamento")  # columns forecast; e.g. --TARGET_COLUMNS=faturamento
+CONTROL_COLUMNS: tuple = ()  # numeric columns known ahead (prices, promotion flags/shares), e.g. preco,promocao
+FUTURE_PATH: str = "dados/futuro.csv"  # CONTROL_COLUMNS for the PREDICTION_LENGTH weeks after the data, every series
+HOLIDAY_COUNTRY: str = "BR"  # weekly holiday flags (per UF where an id column holds UF codes); "" = none; US, PT, ...
+CATEGORICAL_COLUMNS: tuple = ()  # id columns fed to TTM as static categories (README: why none by default)
 
 # --- 2. weekly resampling + scaling ------------------------------------------
 WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or W-MON .. W-SUN
@@ -42,6 +46,7 @@ BACKTEST_STEP: int = 0  # weeks between backtest origins (0 = PREDICTION_LENGTH)
 MIN_CONTEXT_WEEKS: int = 26  # observed weeks a window needs before its forecast start (>= 1)
 TRAIN_STRIDE: int = 1  # weeks between training windows of a series (1 = every window)
 MAX_TRAIN_WINDOWS: int = 1500  # windows per epoch, drawn at random from all training windows (0 = all)
+MAX_VALID_WINDOWS: int = 6000  # validation windows scored each epoch: a fixed random sample of series (0 = all)
 
 # --- 4. model ----------------------------------------------------------------
 PRETRAINED_MODEL: str = "ibm-granite/granite-timeseries-ttm-r2"  # hub id, or local folder with config.json
@@ -175,12 +180,17 @@ RULES = {  # key -> (test, the allowed values in words)
     "DATE_COLUMN": (lambda v: bool(v.strip()), "a column name"),
     "ID_COLUMNS": (lambda v: _names(v, 1, 3), "1 to 3 distinct, non-empty column names"),
     "TARGET_COLUMNS": (lambda v: _names(v, 1, 99), "1 or more distinct, non-empty column names"),
+    "CONTROL_COLUMNS": (lambda v: _names(v, 0, 99), "distinct, non-empty column names (or none)"),
+    "FUTURE_PATH": (lambda v: bool(v.strip()), "a CSV path"),
+    "HOLIDAY_COUNTRY": (lambda v: v == "" or re.fullmatch(r"[A-Z]{2,3}", v), "'' or a country code such as BR, US"),
+    "CATEGORICAL_COLUMNS": (lambda v: _names(v, 0, 3), "0 to 3 of the ID_COLUMNS"),
     "WEEK_ANCHOR": (lambda v: v == "auto" or v in [f"W-{d}" for d in WEEKDAYS], "'auto' or W-MON .. W-SUN"),
     "BACKTEST_ORIGINS": _at_least(1),
     "BACKTEST_STEP": (lambda v: v >= 0, "an integer >= 0 (0 = PREDICTION_LENGTH)"),
     "MIN_CONTEXT_WEEKS": _at_least(1),
     "TRAIN_STRIDE": _at_least(1),
     "MAX_TRAIN_WINDOWS": (lambda v: v >= 0, "an integer >= 0 (0 = all windows every epoch)"),
+    "MAX_VALID_WINDOWS": (lambda v: v >= 0, "an integer >= 0 (0 = every series' validation window)"),
     "PRETRAINED_MODEL": (lambda v: bool(v.strip()), "a hub id or a local folder"),
     "CONTEXT_LENGTH": _at_least(1),
     "PREDICTION_LENGTH": _at_least(1),
@@ -215,6 +225,12 @@ def validate(settings: Mapping) -> None:
             raise ValueError(f"{clash} and ID_COLUMNS both name column {name!r}; a column has one role")
     if date in targets:
         raise ValueError(f"DATE_COLUMN={date!r} is also in TARGET_COLUMNS; the date cannot be forecast")
+    for name in settings["CONTROL_COLUMNS"]:
+        if name in (date, *ids, *targets):
+            raise ValueError(f"CONTROL_COLUMNS names {name!r}, already the date, an id or a target; one role each")
+    unknown = [name for name in settings["CATEGORICAL_COLUMNS"] if name not in ids]
+    if unknown:
+        raise ValueError(f"CATEGORICAL_COLUMNS={unknown} are not in ID_COLUMNS={list(ids)}; use id columns")
     if Path(settings["RESULTS_DIR"]).resolve() == Path(settings["FINAL_MODEL_DIR"]).resolve():
         raise ValueError("RESULTS_DIR and FINAL_MODEL_DIR are the same folder; give each its own")
 

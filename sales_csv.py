@@ -78,8 +78,11 @@ def _parse_dates(text: pd.Categorical, path: str, column: str) -> np.ndarray:
     return dates.to_numpy()[text.codes]
 
 
-def _parse_numbers(text: pd.Series, *, path: str, column: str, decimal: str, thousands: str | None) -> pd.Series:
-    """Non-negative floats from a target column (text when the reader could not parse it: separators to repair)."""
+def _parse_numbers(
+    text: pd.Series, *, path: str, column: str, decimal: str, thousands: str | None, negative_ok: bool = False
+) -> pd.Series:
+    """Floats from a target (non-negative) or control column (text when the reader could not parse it: separators
+    to repair)."""
     values, empty = text, text.isna()
     if not pd.api.types.is_numeric_dtype(values):
         raw = values.astype(str).str.strip()
@@ -100,7 +103,7 @@ def _parse_numbers(text: pd.Series, *, path: str, column: str, decimal: str, tho
             f"{path}: column {column!r} has missing values (NaN/empty) at {_rows(empty)}; "
             "fill them (0 for weeks without sales) or delete those rows"
         )
-    if (values < 0).any():
+    if not negative_ok and (values < 0).any():
         raise InputError(
             f"{path}: column {column!r} has negative values at {_rows(values < 0)}; "
             "net returns into the week's sales or remove those rows"
@@ -119,7 +122,7 @@ def _column_names(path: str, header: list[str], required: Sequence[str]) -> dict
         ]
         raise InputError(
             f"{path}: missing column(s) {', '.join(hints)}; the header has {list(names.values())}; "
-            f"rename the column(s) or change TARGET_COLUMNS/ID_COLUMNS/DATE_COLUMN"
+            f"rename the column(s) or change TARGET_COLUMNS/ID_COLUMNS/DATE_COLUMN/CONTROL_COLUMNS"
         )
     extra = [name for name in names.values() if name not in required]
     if extra:
@@ -165,9 +168,16 @@ def _read_columns(
 
 
 def read_sales_csv(
-    path: str, *, date_column: str, id_columns: Sequence[str], target_columns: Sequence[str]
+    path: str,
+    *,
+    date_column: str,
+    id_columns: Sequence[str],
+    target_columns: Sequence[str],
+    control_columns: Sequence[str] = (),
+    setting: str = "DATA_PATH",
 ) -> pd.DataFrame:
-    """Read and validate the sales CSV; ids stay text as written (categoricals, surrounding spaces removed).
+    """Read and validate the sales CSV (or, with no targets, the future file of control columns); ids stay text as
+    written (categoricals, surrounding spaces removed). Controls are numbers like targets, negative ones allowed.
 
     Raises:
         FileNotFoundError, InputError: with the file, column, first offending lines and what to change.
@@ -175,11 +185,11 @@ def read_sales_csv(
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(
-            f"{path}: file not found; set --DATA_PATH=<your CSV> (columns {date_column}, "
-            f"{', '.join(id_columns)}, {', '.join(target_columns)})"
+            f"{path}: file not found; set --{setting}=<your CSV> (columns {date_column}, "
+            f"{', '.join([*id_columns, *target_columns, *control_columns])})"
         )
     if file.is_dir():
-        raise InputError(f"{path}: is a folder, not a CSV file; set --DATA_PATH to the CSV inside it")
+        raise InputError(f"{path}: is a folder, not a CSV file; set --{setting} to the CSV inside it")
     try:
         encoding, sep, decimal, header_line = _sniff_csv(file)
     except OSError as err:
@@ -188,7 +198,9 @@ def read_sales_csv(
         raise InputError(f"{path}: file is empty; expected a header line and one row per week, product and UF")
     thousands = "." if decimal == "," else ("," if sep != "," else None)
     names = _column_names(
-        path, next(csv.reader([header_line], delimiter=sep)), [date_column, *id_columns, *target_columns]
+        path,
+        next(csv.reader([header_line], delimiter=sep)),
+        [date_column, *id_columns, *target_columns, *control_columns],
     )
     df = _read_columns(
         file, path, names, text_columns=(date_column, *id_columns), encoding=encoding, sep=sep, decimal=decimal
@@ -199,8 +211,10 @@ def read_sales_csv(
         if (ids == "").any():
             raise InputError(f"{path}: column {col!r} is empty at {_rows(ids == '')}; fill in the id")
         out[col] = ids
-    for col in target_columns:
-        out[col] = _parse_numbers(df[col], path=path, column=col, decimal=decimal, thousands=thousands)
+    for col in (*target_columns, *control_columns):
+        out[col] = _parse_numbers(
+            df[col], path=path, column=col, decimal=decimal, thousands=thousands, negative_ok=col in control_columns
+        )
     logger.info(
         "Loaded %s: %d rows, %s to %s", path, len(out), out[date_column].min().date(), out[date_column].max().date()
     )

@@ -12,7 +12,9 @@ Settings: config.py. CSV reading and writing: sales_csv.py. Metrics, baselines a
 """
 
 import copy
+import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -28,6 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
+import holidays
 import numpy as np
 import pandas as pd
 import torch
@@ -60,6 +63,10 @@ logger = logging.getLogger("ttm_model")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What the backtest chooses from, per target; on a tie the earlier one (identical forecasts: no fine-tuning needed).
 CANDIDATES = ("zero_shot", "fine_tuned", "seasonal_naive", "naive", *BLENDS)
+HOLIDAY_CHANNEL = "holiday_flag"  # the driver computed from HOLIDAY_COUNTRY
+# Blocks that drivers and categories add to the pretrained TTM; always trained (they start at zero output).
+DRIVER_BLOCKS = ("head.fcm_block", "decoder*channel_feature_mixer", "decoder_cat_embedding")
+SYNTHETIC_CONTROLS = ("preco", "promocao")  # the synthetic panel's driver columns
 PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn")
 
 
@@ -75,24 +82,29 @@ def synthesize_sales(
     n_products: int = 8,
     ufs: Sequence[str] = ("SP", "RJ", "MG", "RS", "PR", "BA"),
     n_weeks: int = 260,
-) -> pd.DataFrame:
+    future_weeks: int = 26,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A realistic weekly panel: trend, yearly season, promotions, a drifting price, new and intermittent series.
 
     Named as the settings ask: 1 id column (product-UF), 2 (product, UF) or 3 (product, UF, channel); targets in
-    order units, revenue, then revenue x 0.3 (a margin) for any further target.
+    order units, revenue, then revenue x 0.3 (a margin) for any further target. Drivers: "preco" (the shelf price,
+    20% off in promotion weeks) and "promocao" (1 in promotion weeks, which sell 1.8x). Returns the sales and the
+    future file: the drivers planned for the `future_weeks` weeks after the last date, every series.
     """
     rng = np.random.default_rng(seed)
-    dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN")
-    week = np.arange(n_weeks)
-    frames = []
+    dates = pd.date_range(end="2025-12-28", periods=n_weeks, freq="W-SUN").append(
+        pd.date_range(start="2026-01-04", periods=future_weeks, freq="W-SUN")
+    )
+    week = np.arange(n_weeks + future_weeks)
+    frames, futures = [], []
     for p in range(n_products):
         price0 = rng.uniform(5, 80)
         for u, uf in enumerate(ufs):
             level = rng.lognormal(3.5, 0.7) * (1.0 - 0.12 * u)
             season = 1 + rng.uniform(0.1, 0.4) * np.sin(2 * np.pi * (week + rng.integers(52)) / 52.18)
             christmas = 1 + 0.5 * (dates.isocalendar().week.to_numpy() >= 50)
-            promo = rng.random(n_weeks) < 0.07
-            price = price0 * (1.0008 + rng.normal(0, 0.0004)) ** week * np.where(promo, 0.8, 1.0)
+            promo = rng.random(len(week)) < 0.07
+            price = np.round(price0 * (1.0008 + rng.normal(0, 0.0004)) ** week * np.where(promo, 0.8, 1.0), 2)
             rate = level * (1 + rng.normal(0.002, 0.002) * week) * season * christmas * np.where(promo, 1.8, 1.0)
             if (p + u) % 13 == 5:  # intermittent: slow movers with many zero weeks
                 rate = rate * 0.02
@@ -103,40 +115,63 @@ def synthesize_sales(
                 [f"P{p + 1:03d}", uf],
                 [f"P{p + 1:03d}", uf, ("loja", "online")[(p + u) % 2]],
             )
-            revenue = np.round(units[start:] * price[start:], 2)
-            targets = [units[start:], revenue] + [np.round(revenue * 0.3, 2)] * (len(target_columns) - 2)
-            frames.append(
-                pd.DataFrame(
-                    {
-                        date_column: dates[start:],
-                        **dict(zip(id_columns, ids[len(id_columns) - 1])),
-                        **dict(zip(target_columns, targets)),
-                    }
-                )
-            )
+            key = dict(zip(id_columns, ids[len(id_columns) - 1]))
+            revenue = np.round(units * price, 2)
+            targets = [units, revenue] + [np.round(revenue * 0.3, 2)] * (len(target_columns) - 2)
+            frame = pd.DataFrame(
+                {date_column: dates, **key, **dict(zip(target_columns, targets)), "preco": price, "promocao": promo}
+            ).astype({"promocao": float})
+            frames.append(frame.iloc[start:n_weeks])
+            futures.append(frame.iloc[n_weeks:].drop(columns=list(target_columns)))
     df = pd.concat(frames, ignore_index=True)
     keep = (df[target_columns[0]] > 0) | (rng.random(len(df)) < 0.5)  # exports often omit weeks without sales
-    return df[keep].reset_index(drop=True)
+    return df[keep].reset_index(drop=True), pd.concat(futures, ignore_index=True)
 
 
 def load_sales(
-    path: str, *, date_column: str, id_columns: tuple, target_columns: tuple, seed: int, synthetic_dir: Path | None
-) -> pd.DataFrame:
-    """The user's CSV; with synthetic_dir given and no file at path, a synthetic panel saved there for inspection."""
+    path: str,
+    *,
+    columns: dict,
+    future_path: str,
+    horizon: int,
+    seed: int,
+    synthetic_dir: Path | None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The user's CSV and, with control columns, the future file; with synthetic_dir given and no file at path, a
+    synthetic panel and its future file saved there for inspection (its drivers used when no controls are set).
+
+    columns: date_column, id_columns, target_columns and control_columns as read_sales_csv takes them.
+    """
     if synthetic_dir is None or Path(path).exists():
-        return read_sales_csv(path, date_column=date_column, id_columns=id_columns, target_columns=target_columns)
-    sales = synthesize_sales(seed=seed, date_column=date_column, id_columns=id_columns, target_columns=target_columns)
-    sales.to_csv(synthetic_dir / "dados_sinteticos.csv", index=False)
+        sales = read_sales_csv(path, **columns)
+        future = None
+        if columns["control_columns"]:
+            future = read_sales_csv(future_path, **columns | {"target_columns": ()}, setting="FUTURE_PATH")
+        return sales, future
+    names = {k: columns[k] for k in ("date_column", "id_columns", "target_columns")}
+    sales, future = synthesize_sales(seed=seed, future_weeks=horizon, **names)
+    controls = columns["control_columns"] or SYNTHETIC_CONTROLS
+    if set(controls) - set(SYNTHETIC_CONTROLS):
+        raise InputError(
+            f"CONTROL_COLUMNS={list(controls)}: the synthetic panel (no file at {path}) has only "
+            f"{list(SYNTHETIC_CONTROLS)}; give your CSV with --DATA_PATH or use those"
+        )
+    sales = sales[[*sales.columns[: -len(SYNTHETIC_CONTROLS)], *controls]]
+    future = future[[*future.columns[: -len(SYNTHETIC_CONTROLS)], *controls]]
+    if is_main_process():
+        sales.to_csv(synthetic_dir / "dados_sinteticos.csv", index=False)
+        future.to_csv(synthetic_dir / "dados_sinteticos_futuro.csv", index=False)
     logger.warning(
-        "SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series), saved "
-        "to %s. Put your CSV at %s or set --DATA_PATH.",
+        "SYNTHETIC DATA: %s not found, so training on a synthetic panel (%d rows, %d series, drivers %s), saved "
+        "to %s with its future file. Put your CSV at %s or set --DATA_PATH.",
         path,
         len(sales),
-        sales.groupby(list(id_columns)).ngroups,
+        sales.groupby(list(names["id_columns"])).ngroups,
+        ", ".join(controls),
         synthetic_dir / "dados_sinteticos.csv",
         path,
     )
-    return sales
+    return sales, future
 
 
 # ---- 2. weekly resampling + per product-UF scaling ----------------------------------------------------------------
@@ -151,6 +186,9 @@ class Panel:
     values: np.ndarray  # (series, weeks, targets) float64, 0 before a series starts
     start: np.ndarray  # (series,) index of each series' first week
     targets: tuple
+    drivers: np.ndarray | None = None  # (series, weeks [+ future weeks], drivers) known-future inputs, raw units
+    driver_names: tuple = ()  # control columns, then "holiday" when HOLIDAY_COUNTRY is set
+    categorical: tuple = ()  # id columns the model reads as static categories
 
 
 def _week_anchor(day_of_week: np.ndarray, anchor: str) -> str:
@@ -166,10 +204,14 @@ def resample_weekly(
     date_column: str,
     id_columns: Sequence[str],
     target_columns: Sequence[str],
+    control_columns: Sequence[str] = (),
     anchor: str = "auto",
     source: str = "data",
 ) -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used.
+
+    Control columns are averaged over a week's rows; a week without rows gets 0 in a flag or share column (values
+    0..1) and the last known value in any other (prices are carried).
 
     Integer week numbers and np.bincount instead of groupby + resample: 0.08 s instead of 0.4 s on 2,000 series x
     260 weeks (tests/benchmarks/bench_predict.py); a test checks the result against pandas.
@@ -205,6 +247,7 @@ def resample_weekly(
             "which looks monthly; this tool needs weekly or daily rows"
         )
     start = present.argmax(axis=1)
+    controls = _weekly_controls(df, list(control_columns), cell, present)
     dates = pd.date_range(pd.Timestamp(week_end.min(), unit="D"), periods=n_weeks, freq=anchor)
     filled = int((n_weeks - start).sum() - len(rows_s))
     all_zero = ~values.any(axis=(1, 2))
@@ -226,7 +269,165 @@ def resample_weekly(
         len(rows_s),
         filled,
     )
-    return Panel(keys, dates, values, start, tuple(target_columns)), anchor
+    panel = Panel(keys, dates, values, start, tuple(target_columns), controls, tuple(control_columns))
+    return panel, anchor
+
+
+def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(series, weeks, controls): the mean of each week's rows; weeks without rows as resample_weekly documents."""
+    n_series, n_weeks = present.shape
+    counts = np.maximum(np.bincount(cell, minlength=n_series * n_weeks), 1)
+    out = np.zeros((n_series, n_weeks, len(columns)))
+    for c, column in enumerate(columns):
+        raw = df[column].to_numpy(float)
+        mean = (np.bincount(cell, weights=raw, minlength=n_series * n_weeks) / counts).reshape(n_series, n_weeks)
+        if raw.min() < 0 or raw.max() > 1:  # a price or level: carry the last week with rows (the first one before)
+            last = np.maximum.accumulate(np.where(present, np.arange(n_weeks), -1), axis=1)
+            last = np.where(last < 0, present.argmax(1)[:, None], last)
+            mean = np.take_along_axis(mean, last, axis=1)
+        out[..., c] = mean
+    return out
+
+
+def _series_index(keys: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """Index in keys of each row's series (id columns compared as text), -1 for a series keys do not have."""
+    joined = [keys[c].astype(str).str.cat([keys[o].astype(str) for o in keys.columns[1:]], sep="\x1f") for c in keys]
+    wanted = rows[keys.columns[0]].astype(str).str.cat([rows[o].astype(str) for o in keys.columns[1:]], sep="\x1f")
+    return pd.Index(joined[0]).get_indexer(wanted)
+
+
+def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_column: str, path: str) -> np.ndarray:
+    """(series, horizon, controls) from the future file: one row per series and week after the data's last week.
+
+    Raises:
+        InputError: naming the file, the series and weeks that are missing, unknown, outside or repeated.
+    """
+    anchor = pd.tseries.frequencies.to_offset(panel.dates.freqstr)
+    day = future[date_column].to_numpy("datetime64[D]").astype(np.int64)
+    week_end = day + (anchor.weekday - (day + 3) % 7) % 7
+    last = panel.dates[-1].to_datetime64().astype("datetime64[D]").astype(np.int64)
+    week = (week_end - last) // 7 - 1
+    series = _series_index(panel.keys, future)
+    weeks = f"the {horizon} weeks {panel.dates[-1] + anchor:%Y-%m-%d}..{panel.dates[-1] + horizon * anchor:%Y-%m-%d}"
+    for bad, what in (
+        (series < 0, "series that are not in the data"),
+        ((week < 0) | (week >= horizon), f"dates outside {weeks}"),
+    ):
+        if bad.any():
+            lines = ", ".join(map(str, np.flatnonzero(bad)[:5] + 2))
+            raise InputError(
+                f"{path}: {bad.sum()} row(s) with {what}, line(s) {lines} "
+                f"(e.g. {future[bad].iloc[0][[date_column, *panel.keys.columns]].astype(str).to_dict()}); fix or "
+                "remove them"
+            )
+    cell = series * horizon + week
+    if len(np.unique(cell)) < len(cell):
+        repeated = pd.Series(cell).duplicated().to_numpy()
+        raise InputError(
+            f"{path}: {repeated.sum()} repeated (series, week) row(s), line(s) "
+            f"{', '.join(map(str, np.flatnonzero(repeated)[:5] + 2))}; keep one row per series and week"
+        )
+    have = np.zeros(len(panel.keys) * horizon, bool)
+    have[cell] = True
+    missing = ~have.reshape(len(panel.keys), horizon)
+    if missing.any():
+        first = np.flatnonzero(missing.any(1))[:5]
+        dates = pd.date_range(panel.dates[-1] + anchor, periods=horizon, freq=anchor).strftime("%Y-%m-%d")
+        examples = "; ".join(f"{panel.keys.iloc[s].to_dict()} weeks {list(dates[missing[s]][:3])}" for s in first)
+        raise InputError(
+            f"{path}: {missing.any(1).sum()} series lack rows for some of {weeks}: {examples}; "
+            "give every series of the data a row for each of those weeks"
+        )
+    out = np.zeros((len(panel.keys) * horizon, len(panel.driver_names)))
+    out[cell] = future[list(panel.driver_names)].to_numpy(float)
+    return out.reshape(len(panel.keys), horizon, -1)
+
+
+def holiday_flags(keys: pd.DataFrame, dates: pd.DatetimeIndex, country: str) -> np.ndarray:
+    """(series, weeks): 1 in weeks (ending on dates) with a public holiday of the country, from the holidays
+    package; per state where an id column holds its state codes (UFs for BR), national otherwise."""
+    try:
+        national = holidays.country_holidays(country)
+    except NotImplementedError as err:
+        raise InputError(
+            f"HOLIDAY_COUNTRY={country}: not a country the holidays package knows; use a code such as BR or US, "
+            "or --HOLIDAY_COUNTRY= for no holiday flags"
+        ) from err
+    codes = {str(c).upper() for c in national.subdivisions}
+    state = next((c for c in keys.columns if keys[c].astype(str).str.strip().str.upper().isin(codes).all()), None)
+    regions = keys[state].astype(str).str.strip().str.upper() if state else pd.Series("", index=keys.index)
+    logger.info("Holiday flags for %s: %s", country, f"per state from column {state!r}" if state else "national")
+    years = range(dates[0].year - 1, dates[-1].year + 2)
+    week_days = dates.to_numpy("datetime64[D]")[:, None] - np.arange(7)
+    flags = np.zeros((len(keys), len(dates)))
+    for region in regions.unique():
+        days = holidays.country_holidays(country, subdiv=region or None, years=years)
+        flags[(regions == region).to_numpy()] = np.isin(week_days, np.array(list(days), "datetime64[D]")).any(1)
+    return flags
+
+
+def add_drivers(
+    panel: Panel,
+    future: pd.DataFrame | None,
+    *,
+    horizon: int,
+    holiday_country: str,
+    categorical: tuple,
+    date_column: str,
+    future_path: str,
+) -> Panel:
+    """The panel with its drivers over the data's weeks and the `horizon` weeks after: control columns (future
+    from the future file) and the holiday flag; plus the id columns read as categories."""
+    controls = panel.drivers
+    if controls.shape[2]:
+        ahead = future_controls(panel, future, horizon=horizon, date_column=date_column, path=future_path)
+        controls = np.concatenate([controls, ahead], axis=1)
+    else:
+        controls = np.zeros((len(panel.keys), len(panel.dates) + horizon, 0))
+    names = panel.driver_names
+    if holiday_country:
+        dates = pd.date_range(panel.dates[0], periods=len(panel.dates) + horizon, freq=panel.dates.freq)
+        controls = np.concatenate([controls, holiday_flags(panel.keys, dates, holiday_country)[..., None]], axis=2)
+        names = (*names, HOLIDAY_CHANNEL)
+    if names:
+        logger.info("Known-future drivers: %s; static categories: %s", ", ".join(names), list(categorical) or "none")
+    return dataclasses.replace(panel, drivers=controls, driver_names=names, categorical=categorical)
+
+
+def _columns(settings: dict) -> dict:
+    """The column settings (of config, or of a saved model) as read_sales_csv takes them."""
+    return {
+        "date_column": settings["DATE_COLUMN"],
+        "id_columns": tuple(settings["ID_COLUMNS"]),
+        "target_columns": tuple(settings["TARGET_COLUMNS"]),
+        "control_columns": tuple(settings.get("CONTROL_COLUMNS", ())),
+    }
+
+
+def _controls(panel: Panel) -> tuple:
+    """The panel's control columns: its drivers but the holiday flag."""
+    return tuple(name for name in panel.driver_names if name != HOLIDAY_CHANNEL)
+
+
+def weekly_panel(
+    sales: pd.DataFrame, future: pd.DataFrame | None, *, settings: dict, source: str
+) -> tuple[Panel, str]:
+    """Section 2 for training and predict: the weekly panel with its drivers (the control columns the future file
+    has, the holiday flags of settings' HOLIDAY_COUNTRY) and categories; returns it and the week anchor used."""
+    columns = _columns(settings)
+    names = columns["id_columns"]
+    columns["control_columns"] = () if future is None else tuple(future.columns[1 + len(names) :])
+    panel, anchor = resample_weekly(sales, **columns, anchor=settings["WEEK_ANCHOR"], source=source)
+    panel = add_drivers(
+        panel,
+        future,
+        horizon=settings["PREDICTION_LENGTH"],
+        holiday_country=settings.get("HOLIDAY_COUNTRY", ""),
+        categorical=tuple(settings.get("CATEGORICAL_COLUMNS", ())),
+        date_column=columns["date_column"],
+        future_path=settings["FUTURE_PATH"],
+    )
+    return panel, anchor
 
 
 def _scaler_frame(panel: Panel, rows: np.ndarray) -> pd.DataFrame:
@@ -309,18 +510,82 @@ def panel_scaling(tsp: TimeSeriesPreprocessor, panel: Panel) -> Scaling:
 
 
 @dataclass(frozen=True)
+class DriverScaling:
+    """How drivers enter the model (drivers.pkl beside preprocessor.pkl), fitted on training weeks.
+
+    Flags and shares (values 0..1) enter as they are. Any other driver enters relative to the series' own level:
+    log(value) for positive ones such as prices (a 20% price cut is -0.22 in every series), minus the series'
+    training mean, divided by one spread pooled over all series. A per-series standard scaler (granite-tsfm's,
+    used for the targets) would blow a rare promotion up to 10+ and a nearly flat price cut to -20 or more.
+    Categories: each categorical column's training values; in predict mode an unseen value gets code len(values).
+    """
+
+    kinds: tuple  # per driver: "share", "log" or "level"
+    offset: dict  # series key -> (drivers,) training mean of the transformed driver (0 for shares)
+    spread: np.ndarray  # (drivers,) pooled standard deviation of the centred driver (1 for shares)
+    categories: dict  # categorical column -> tuple of its training values
+
+    def _transform(self, drivers: np.ndarray) -> np.ndarray:
+        log = np.array([kind == "log" for kind in self.kinds])
+        return np.where(log, np.log(np.maximum(drivers, 1e-9)), drivers)
+
+    def apply(self, panel: Panel) -> tuple[np.ndarray, np.ndarray | None]:
+        """The panel's drivers as the model reads them, and its series' category codes (series, columns) or None.
+        A series the scaling does not know is centred on its own weeks."""
+        raw = self._transform(panel.drivers)
+        keys = list(panel.keys.itertuples(index=False, name=None))
+        offset = np.array([self.offset.get(key, np.full(len(self.kinds), np.nan)) for key in keys])
+        own = raw[:, : len(panel.dates)].mean(1)
+        offset = np.where(np.isnan(offset), own, offset).reshape(len(keys), len(self.kinds))
+        codes = None
+        if self.categories:
+            codes = np.stack(
+                [
+                    pd.Index(values).get_indexer(panel.keys[column].astype(str)) % (len(values) + 1)
+                    for column, values in self.categories.items()
+                ],
+                axis=1,
+            )
+        return ((raw - offset[:, None]) / self.spread).astype(np.float32), codes
+
+
+def fit_driver_scaling(panel: Panel, *, fit_end: np.ndarray) -> DriverScaling:
+    """DriverScaling of the panel's drivers and categories, from each series' weeks before fit_end[s]."""
+    t = np.arange(len(panel.dates))
+    rows = (t >= panel.start[:, None]) & (t < fit_end[:, None])
+    seen = panel.drivers[:, : len(panel.dates)][rows]  # (rows, drivers)
+    share = (seen.min(0, initial=0) >= 0) & (seen.max(0, initial=0) <= 1)
+    kinds = tuple("share" if sh else "log" if seen[:, c].min() > 0 else "level" for c, sh in enumerate(share))
+    partial = DriverScaling(kinds, {}, np.ones(len(kinds)), {})
+    raw = partial._transform(panel.drivers[:, : len(panel.dates)])
+    n = np.maximum(rows.sum(1), 1)[:, None]
+    mean = np.where(share, 0.0, (raw * rows[..., None]).sum(1) / n)
+    spread = np.where(share, 1.0, np.sqrt(((raw - mean[:, None]) ** 2)[rows].mean(0)) if rows.any() else 1.0)
+    spread = np.where(spread > 1e-9, spread, 1.0)
+    keys = panel.keys.itertuples(index=False, name=None)
+    offset = {key: mean[s] for s, key in enumerate(keys)}
+    categories = {c: tuple(sorted(panel.keys[c].astype(str).unique())) for c in panel.categorical}
+    logger.debug("Driver scaling: %s", dict(zip(panel.driver_names, zip(kinds, spread.round(4)))))
+    return DriverScaling(kinds, offset, spread, categories)
+
+
+@dataclass(frozen=True)
 class ScaledPanel:
     """The weekly panel, its scaling and the scaled values the model reads."""
 
     panel: Panel
     scaling: Scaling
     values: np.ndarray  # scaling.apply(panel.values)
+    drivers: np.ndarray | None = None  # DriverScaling.apply: (series, weeks + future weeks, drivers)
+    categories: np.ndarray | None = None  # (series, categorical columns) codes
 
 
-def scale_panel(panel: Panel, tsp: TimeSeriesPreprocessor) -> ScaledPanel:
-    """The panel in the scaled units of the fitted preprocessor (unknown series: their own history)."""
+def scale_panel(panel: Panel, tsp: TimeSeriesPreprocessor, drivers: DriverScaling | None = None) -> ScaledPanel:
+    """The panel in the scaled units of the fitted preprocessor (unknown series: their own history), and its
+    drivers and categories as the model reads them."""
     scaling = panel_scaling(tsp, panel)
-    return ScaledPanel(panel, scaling, scaling.apply(panel.values))
+    encoded, codes = drivers.apply(panel) if drivers and (panel.driver_names or panel.categorical) else (None, None)
+    return ScaledPanel(panel, scaling, scaling.apply(panel.values), encoded, codes)
 
 
 # ---- 3. split keeping every product-UF combination -----------------------------------------------------------------
@@ -435,24 +700,36 @@ def gather_windows(
     *,
     context: int,
     horizon: int = 0,
-    target_end: int | None = None,
+    target_end: int | np.ndarray | None = None,
+    drivers: np.ndarray | None = None,
+    categories: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch of model inputs: `context` weeks before each cut (zero-padded, masked before a series starts).
 
-    With target_end, target weeks from target_end on are zeroed and masked (future_observed_mask).
+    With target_end (one week, or one per window), target weeks from target_end on are zeroed and masked
+    (future_observed_mask). Drivers (series, weeks, drivers) follow the targets as further channels, their future
+    weeks included: the forecast channel mixing reads them there. Categories become static_categorical_values.
     """
     t = cuts[:, None] + np.arange(-context, horizon)
-    observed = (t >= start[series, None]) & (t >= 0) & (t < (scaled.shape[1] if target_end is None else target_end))
+    end = scaled.shape[1] if target_end is None else np.reshape(target_end, (-1, 1))
+    observed = (t >= start[series, None]) & (t >= 0) & (t < end)
     values = scaled[series[:, None], np.clip(t, 0, scaled.shape[1] - 1)] * observed[..., None]
-    past = torch.from_numpy(values[:, :context].astype(np.float32))
+    mask = np.repeat(observed[..., None], scaled.shape[2], axis=2)
+    if drivers is not None and drivers.shape[2]:
+        known = (t >= start[series, None]) & (t >= 0)
+        ahead = drivers[series[:, None], np.clip(t, 0, drivers.shape[1] - 1)] * known[..., None]
+        values = np.concatenate([values, ahead], axis=2)
+        mask = np.concatenate([mask, np.repeat(known[..., None], drivers.shape[2], axis=2)], axis=2)
     batch = {
-        "past_values": past,
-        "past_observed_mask": torch.from_numpy(np.repeat(observed[:, :context, None], scaled.shape[2], axis=2)),
+        "past_values": torch.from_numpy(values[:, :context].astype(np.float32)),
+        "past_observed_mask": torch.from_numpy(mask[:, :context]),
     }
     if horizon:
         batch["future_values"] = torch.from_numpy(values[:, context:].astype(np.float32))
     if target_end is not None:
-        batch["future_observed_mask"] = torch.from_numpy(np.repeat(observed[:, context:, None], scaled.shape[2], 2))
+        batch["future_observed_mask"] = torch.from_numpy(mask[:, context:])
+    if categories is not None:
+        batch["static_categorical_values"] = torch.from_numpy(categories[series])
     return batch
 
 
@@ -469,9 +746,12 @@ class WindowDataset(torch.utils.data.Dataset):
         horizon: int,
         freq_token: int | None,
         target_end: int | None = None,
+        drivers: np.ndarray | None = None,
+        categories: np.ndarray | None = None,
     ):
         self.scaled, self.start, (self.series, self.cuts) = scaled, start, windows
         self.context, self.horizon, self.freq_token, self.target_end = context, horizon, freq_token, target_end
+        self.drivers, self.categories = drivers, categories
 
     def __len__(self) -> int:
         return len(self.series)
@@ -487,6 +767,8 @@ class WindowDataset(torch.utils.data.Dataset):
             context=self.context,
             horizon=self.horizon,
             target_end=self.target_end,
+            drivers=self.drivers,
+            categories=self.categories,
         )
         if self.freq_token is not None:
             batch["freq_token"] = torch.full((len(idx),), self.freq_token)
@@ -531,10 +813,90 @@ def check_hub(model_id: str) -> None:
         )
 
 
+def _driver_config(num_channels: int, num_drivers: int, category_sizes: Sequence[int]) -> dict:
+    """TinyTimeMixerConfig overrides for known-future drivers (after the targets) and static categories: granite-tsfm's
+    exogenous setup, forecast channel mixing over the drivers' future weeks (its mixer reads one week either side)."""
+    extra = {}
+    if num_drivers:
+        extra = {
+            "num_input_channels": num_channels + num_drivers,
+            "prediction_channel_indices": list(range(num_channels)),
+            "exogenous_channel_indices": list(range(num_channels, num_channels + num_drivers)),
+            "enable_forecast_channel_mixing": True,
+            "fcm_use_mixer": True,
+            "fcm_context_length": 1,  # one week either side: 3 scored worse in the dunnhumby backtest (README)
+            "fcm_prepend_past": True,
+        }
+    if category_sizes:
+        extra |= {"decoder_mode": "mix_channel", "categorical_vocab_size_list": list(category_sizes)}
+    return extra
+
+
+def _targets_only(num_targets: int, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Backbone forward pre-hook: encode the target channels only (see decode_targets_only)."""
+    mask = kwargs.get("past_observed_mask")
+    kwargs["past_observed_mask"] = None if mask is None else mask[..., :num_targets]
+    return (args[0][..., :num_targets], *args[1:]), kwargs
+
+
+def decode_targets_only(model: torch.nn.Module) -> torch.nn.Module:
+    """Run backbone and decoder on the target channels only, when they are channel-independent (common_channel).
+
+    With drivers, granite-tsfm encodes and decodes every input channel and then keeps the targets; the drivers
+    reach the forecast through the forecast channel mixing only, which reads past and future values itself. The
+    output is identical (a test checks it) and a run with 5 drivers costs about what one without does.
+    """
+    cfg = model.config
+    hooked = bool(model.backbone._forward_pre_hooks)
+    if cfg.prediction_channel_indices and cfg.decoder_mode == "common_channel" and not hooked:
+        model.backbone.register_forward_pre_hook(
+            functools.partial(_targets_only, len(cfg.prediction_channel_indices)), with_kwargs=True
+        )
+    return model
+
+
+def _start_at_pretrained(model: torch.nn.Module) -> None:
+    """Zero the output layers of the blocks added for drivers and categories, so that training starts from the
+    pretrained forecast (random ones shift it: WAPE 0.4-1.1 at load in the probe)."""
+    for name, module in model.named_modules():
+        mixer_out = name.startswith("decoder") and name.endswith("channel_feature_mixer.mlp.fc2")
+        if name == "head.fcm_block.mlp" or mixer_out:
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+
+class _NewBlocksNote(logging.Filter):
+    """Drops transformers' list of newly initialised weights (~50 names) when drivers or categories add blocks on
+    purpose; build_model logs them in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Some weights of")
+
+
+def model_shape(settings: dict, panel: Panel) -> dict:
+    """build_model's arguments besides the model: lengths and loss from settings, channels from the panel."""
+    return {
+        "context_length": settings["CONTEXT_LENGTH"],
+        "prediction_length": settings["PREDICTION_LENGTH"],
+        "prefer_l1": settings["PREFER_L1_LOSS"],
+        "num_channels": len(panel.targets),
+        "num_drivers": len(panel.driver_names),
+        "category_sizes": [panel.keys[c].nunique() + 1 for c in panel.categorical],  # + the code of unseen values
+    }
+
+
 def build_model(
-    model_path: str, *, context_length: int, prediction_length: int, prefer_l1: bool, num_channels: int
+    model_path: str,
+    *,
+    context_length: int,
+    prediction_length: int,
+    prefer_l1: bool,
+    num_channels: int,
+    num_drivers: int = 0,
+    category_sizes: Sequence[int] = (),
 ) -> torch.nn.Module:
-    """Load the pretrained TTM variant for context/horizon (hub id or local folder) with get_model."""
+    """Load the pretrained TTM variant for context/horizon (hub id or local folder) with get_model; with drivers or
+    categories, its new blocks start at the pretrained forecast."""
     local = Path(model_path).expanduser()
     if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
         raise InputError(
@@ -543,7 +905,10 @@ def build_model(
         )
     if not local.exists():
         check_hub(model_path)
+    new_blocks = _NewBlocksNote() if num_drivers or category_sizes else None
     try:
+        if new_blocks:
+            logging.getLogger("transformers.modeling_utils").addFilter(new_blocks)
         model = get_model(
             str(local) if local.exists() else model_path,
             context_length=context_length,
@@ -551,7 +916,7 @@ def build_model(
             freq="W",
             freq_prefix_tuning=True,
             prefer_l1_loss=prefer_l1,
-            num_input_channels=num_channels,
+            **{"num_input_channels": num_channels} | _driver_config(num_channels, num_drivers, category_sizes),
         )
     except OSError as err:
         raise InputError(
@@ -559,6 +924,9 @@ def build_model(
             "Download the model once, or point to a local folder: "
             "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1"
         ) from err
+    finally:
+        if new_blocks:
+            logging.getLogger("transformers.modeling_utils").removeFilter(new_blocks)
     if model.config.context_length > context_length:
         raise InputError(
             f"PRETRAINED_MODEL={model_path} reads {model.config.context_length} weeks, more than "
@@ -574,7 +942,20 @@ def build_model(
         model.config.context_length,
         context_length,
     )
-    return model
+    if new_blocks:
+        added = sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if any(fnmatch.fnmatchcase(n, f"*{b}*") for b in DRIVER_BLOCKS)
+        )
+        logger.info(
+            "Blocks added for %d drivers and %d categories: %d parameters, starting at zero output",
+            num_drivers,
+            len(category_sizes),
+            added,
+        )
+    _start_at_pretrained(model)
+    return decode_targets_only(model)
 
 
 def freq_token_for(model: torch.nn.Module) -> int | None:
@@ -609,6 +990,35 @@ def unfreeze_only(model: torch.nn.Module, name_parts: Sequence[str]) -> float:
 # ---- 5. train -----------------------------------------------------------------------------------------------------
 
 
+def world_size() -> int:
+    """Processes training together (torchrun's WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the process that writes results and the model: rank 0 under torchrun, the only one otherwise."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    """Wait for every process under torchrun; nothing otherwise."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def init_distributed(use_cpu: bool) -> None:
+    """Under torchrun, join the process group (NCCL with GPUs, gloo on CPUs), one GPU per local rank; the HF Trainer
+    then trains with DistributedDataParallel, each rank on its share of every epoch's windows."""
+    if world_size() > 1 and not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available() and not use_cpu
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        logger.info(
+            "Distributed: rank %d of %d (%s)", torch.distributed.get_rank(), world_size(), "nccl" if cuda else "gloo"
+        )
+
+
 def steps_per_epoch(n_windows: int, batch_size: int, grad_accum: int = 1) -> int:
     """Optimizer steps in one epoch, as OneCycleLR must know them."""
     return math.ceil(n_windows / (batch_size * grad_accum))
@@ -627,6 +1037,7 @@ class TrainSettings:
     workers: int
     use_cpu: bool
     windows_per_epoch: int  # drawn at random each epoch from all training windows (0: all of them)
+    valid_windows: int  # validation windows scored each epoch, a fixed sample (0: all of them)
     min_context: int
     stride: int
     horizon: int
@@ -643,6 +1054,7 @@ class TrainSettings:
             cfg.NUM_WORKERS,
             cfg.USE_CPU,
             cfg.MAX_TRAIN_WINDOWS,
+            cfg.MAX_VALID_WINDOWS,
             cfg.MIN_CONTEXT_WEEKS,
             cfg.TRAIN_STRIDE,
             cfg.PREDICTION_LENGTH,
@@ -681,6 +1093,8 @@ def window_datasets(
             horizon=horizon,
             freq_token=freq_token_for(model),
             target_end=train_end if name == "train" else None,
+            drivers=data.drivers,
+            categories=data.categories,
         )
         for name, cuts in windows.items()
     }
@@ -711,7 +1125,7 @@ def make_trainer(
     """HF Trainer on datasets "train" (and "valid" with metric: early stopping and best checkpoint on its WAPE):
     AdamW over trainable parameters, OneCycleLR over settings.epochs, TensorBoard logs. `epochs` stops sooner."""
     lr, batch_size, use_cpu, train = settings.lr, settings.batch_size, settings.use_cpu, datasets["train"]
-    steps = steps_per_epoch(min(len(train), settings.windows_per_epoch or len(train)), batch_size)
+    steps = steps_per_epoch(min(len(train), settings.windows_per_epoch or len(train)), batch_size * world_size())
     evaluate = "epoch" if metric else "no"
     args = TrainingArguments(
         output_dir=str(out_dir),
@@ -734,7 +1148,7 @@ def make_trainer(
         seed=settings.seed,
         data_seed=settings.seed,
         dataloader_num_workers=settings.workers,
-        use_cpu=use_cpu,
+        use_cpu=use_cpu or not torch.cuda.is_available(),  # so that torchrun on CPUs trains with DDP over gloo
         label_names=["future_values"],
         remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
         save_safetensors=True,
@@ -765,9 +1179,13 @@ def resume_checkpoint(out_dir: Path, fingerprint: str, fresh: bool) -> str | Non
     stamp = out_dir / "run_fingerprint.txt"
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     same = stamp.is_file() and stamp.read_text() == fingerprint
+    barrier()  # under torchrun every rank decides on the same files before rank 0 changes them
     if last and same and not fresh:
         logger.info("Resuming the interrupted run from %s (use --FRESH_START=True to start over)", last)
         return last
+    if not is_main_process():
+        barrier()
+        return None
     for old in out_dir.glob("checkpoint-*"):
         shutil.rmtree(old)
     if last:
@@ -779,6 +1197,7 @@ def resume_checkpoint(out_dir: Path, fingerprint: str, fresh: bool) -> str | Non
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
+    barrier()
     return None
 
 
@@ -792,6 +1211,7 @@ def run_fingerprint(settings: dict, panel: Panel) -> str:
         ).encode()
     )
     digest.update(panel.values.tobytes())
+    digest.update(panel.drivers.tobytes())
     digest.update(pd.util.hash_pandas_object(panel.keys, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
@@ -843,8 +1263,11 @@ def forecast_scaled(
     *,
     horizon: int,
     batch_size: int | None = None,
+    drivers: np.ndarray | None = None,
+    categories: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Point forecasts, shape (windows, horizon, targets), in scaled units.
+    """Point forecasts, shape (windows, horizon, targets), in scaled units. With drivers, the windows' future weeks
+    carry them (targets zeroed), as the forecast channel mixing reads them.
 
     batch_size None: 256 windows on CPU (1,430 series/s on 2 cores against 1,400 at 128 and 1,290 at 1,024;
     tests/benchmarks/bench_predict.py), 4,096 on GPU.
@@ -853,11 +1276,22 @@ def forecast_scaled(
     device, token = next(model.parameters()).device, freq_token_for(model)
     batch_size = batch_size or (256 if device.type == "cpu" else 4096)
     series, cuts = windows
+    ahead = horizon if drivers is not None and drivers.shape[2] else 0
     out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
     for i in range(0, len(series), batch_size):
+        part = slice(i, i + batch_size)
         batch = gather_windows(
-            scaled, start, series[i : i + batch_size], cuts[i : i + batch_size], context=model.config.context_length
+            scaled,
+            start,
+            series[part],
+            cuts[part],
+            context=model.config.context_length,
+            horizon=ahead,
+            target_end=cuts[part] if ahead else None,
+            drivers=drivers,
+            categories=categories,
         )
+        batch.pop("future_observed_mask", None)
         if token is not None:
             batch["freq_token"] = torch.full((len(batch["past_values"]),), token)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -871,14 +1305,23 @@ def method_forecasts(
     """The baselines and each model's forecast of the windows, in original units (backtest origins and the future)."""
     forecasts = baseline_forecasts(data.panel.values, data.panel.start, windows, horizon)
     for name, model in models.items():
-        scaled = forecast_scaled(model, data.values, data.panel.start, windows, horizon=horizon)
+        scaled = forecast_scaled(
+            model,
+            data.values,
+            data.panel.start,
+            windows,
+            horizon=horizon,
+            drivers=data.drivers,
+            categories=data.categories,
+        )
         forecasts[name] = data.scaling.invert(scaled, windows[0])
     return forecasts
 
 
 def panel_until(panel: Panel, end: int) -> Panel:
-    """The panel as it was before week `end`: what a backtest origin may read."""
-    return Panel(panel.keys, panel.dates[:end], panel.values[:, :end], panel.start, panel.targets)
+    """The panel as it was before week `end`: what a backtest origin may read (drivers are known ahead, so their
+    later weeks stay: a window's future weeks read them)."""
+    return dataclasses.replace(panel, dates=panel.dates[:end], values=panel.values[:, :end])  # drivers: all weeks
 
 
 @dataclass(frozen=True)
@@ -892,6 +1335,18 @@ class OriginResult:
     scale: np.ndarray  # (windows, targets): the origin's scaler, which normalises interval errors
     mase_scale: np.ndarray  # (windows, targets)
     training: dict
+
+
+def sample_windows(windows: tuple[np.ndarray, np.ndarray], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most n of the windows, the same random ones every epoch (n 0: all): bounds the validation cost per epoch on
+    big panels (50,000 series: 50,000 windows scored per epoch against 1,500 trained) without changing small ones."""
+    if not n or len(windows[0]) <= n:
+        return windows
+    keep = np.sort(np.random.default_rng(seed).choice(len(windows[0]), n, replace=False))
+    logger.info(
+        "Validation: a fixed random sample of %d of the %d series' windows (MAX_VALID_WINDOWS)", n, len(windows[0])
+    )
+    return windows[0][keep], windows[1][keep]
 
 
 def backtest_origin(
@@ -911,17 +1366,18 @@ def backtest_origin(
     training = {"epochs": 0, "best_epoch": 0, "train_windows": len(split.train[0])}
     logger.info("Backtest origin %s", seen.dates[split.test_start].date())
     if len(split.train[0]) and len(split.valid[0]):
-        data = scale_panel(seen, fit_group_scaler(seen, fit_end=split.fit_end))
+        fit_end = split.fit_end
+        data = scale_panel(seen, fit_group_scaler(seen, fit_end=fit_end), fit_driver_scaling(seen, fit_end=fit_end))
         model = copy.deepcopy(pretrained)
-        windows = {"train": split.train, "valid": split.valid}
+        windows = {"train": split.train, "valid": sample_windows(split.valid, settings.valid_windows, settings.seed)}
         datasets = window_datasets(data, windows, model=model, horizon=horizon, train_end=split.valid_start)
-        metric = wape_metric(data, split.valid, horizon)
+        metric = wape_metric(data, windows["valid"], horizon)
         trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=metric)
         training |= fine_tune(trainer, checkpoint=resume_checkpoint(out_dir, *resume))
     else:
         logger.warning("No training or validation windows before this origin: fine-tuned = pretrained here")
     history = panel_until(panel, split.test_start)
-    model, _, known = refit(
+    model, _, _, known = refit(
         history,
         pretrained=pretrained,
         epochs=training["best_epoch"],
@@ -989,13 +1445,15 @@ def refit(
     settings: TrainSettings,
     out_dir: Path,
     resume: tuple[str, bool],
-) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, ScaledPanel]:
+) -> tuple[torch.nn.Module, TimeSeriesPreprocessor, DriverScaling, ScaledPanel]:
     """The model that forecasts the future: scaled and trained on every week for the epochs the backtest chose.
 
-    Returns the model (the pretrained one with epochs 0), the fitted preprocessor and the scaled panel.
+    Returns the model (the pretrained one with epochs 0), the fitted preprocessor and driver scaling, and the
+    scaled panel.
     """
-    tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), len(panel.dates)))
-    data, model = scale_panel(panel, tsp), copy.deepcopy(pretrained)
+    fit_end = np.full(len(panel.keys), len(panel.dates))
+    tsp, drivers = fit_group_scaler(panel, fit_end=fit_end), fit_driver_scaling(panel, fit_end=fit_end)
+    data, model = scale_panel(panel, tsp, drivers), copy.deepcopy(pretrained)
     windows = refit_windows(panel, min_context=settings.min_context, stride=settings.stride)
     if epochs and len(windows[0]):
         logger.info(
@@ -1010,7 +1468,7 @@ def refit(
         trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=None, epochs=epochs)
         trainer.train(resume_from_checkpoint=resume_checkpoint(out_dir, *resume))
         model = trainer.model
-    return model, tsp, data
+    return model, tsp, drivers, data
 
 
 def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor | None:
@@ -1210,21 +1668,22 @@ def _sha256(path: Path) -> str:
 
 def save_artifacts(
     models: dict[str, torch.nn.Module],
-    tsp: TimeSeriesPreprocessor,
+    scalers: tuple[TimeSeriesPreprocessor, DriverScaling],
     conformal: PostHocProbabilisticProcessor | None,
     settings: dict,
     final_dir: Path,
 ) -> None:
-    """Write the models ("fine_tuned" at the top, "zero_shot" in zero_shot/), preprocessor.pkl, conformal.pkl and
-    settings beside final_dir, then swap it in atomically."""
+    """Write the models ("fine_tuned" at the top, "zero_shot" in zero_shot/), preprocessor.pkl, drivers.pkl,
+    conformal.pkl and settings beside final_dir, then swap it in atomically."""
     staging, backup = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".bak")
     shutil.rmtree(staging, ignore_errors=True)
     models["fine_tuned"].save_pretrained(staging)
     models["zero_shot"].save_pretrained(staging / "zero_shot")
     # Plain pickle: preprocessor.pkl loads 10x faster than with joblib, and conformal.pkl in 1 ms against 50 ms for
     # PostHocProbabilisticProcessor.from_pretrained (which formats the whole 1.2 MB config for a log line).
-    with open(staging / "preprocessor.pkl", "wb") as f:
-        pickle.dump(tsp, f, protocol=pickle.HIGHEST_PROTOCOL)
+    for name, scaler in zip(("preprocessor.pkl", "drivers.pkl"), scalers):
+        with open(staging / name, "wb") as f:
+            pickle.dump(scaler, f, protocol=pickle.HIGHEST_PROTOCOL)
     if conformal is not None:
         with open(staging / "conformal.pkl", "wb") as f:
             pickle.dump(conformal, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -1243,14 +1702,8 @@ def save_artifacts(
     logger.info("Saved %s and manifest.json to %s/", ", ".join(manifest["sha256"]), final_dir)
 
 
-def load_artifacts(
-    final_dir: Path, *, method: str = "auto"
-) -> tuple[dict[str, torch.nn.Module], TimeSeriesPreprocessor, PostHocProbabilisticProcessor | None, dict]:
-    """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles).
-
-    Returns the models that the forecast method needs (the saved selection, or `method` for every target), the
-    preprocessor, the intervals and the settings with "SELECTION" set to what will be used.
-    """
+def _checked_manifest(final_dir: Path) -> dict:
+    """manifest.json of final_dir, after checking that every file it lists is there unchanged."""
     manifest_file = final_dir / "manifest.json"
     if not manifest_file.is_file():
         raise InputError(
@@ -1265,11 +1718,30 @@ def load_artifacts(
                 f"{file}: missing or changed since ttm_model.py wrote it (sha256 mismatch); refusing to "
                 "load it. Retrain, or restore the folder from a backup"
             )
-    if "preprocessor.pkl" not in manifest.get("sha256", {}):
-        raise InputError(f"{final_dir}/manifest.json does not list preprocessor.pkl; refusing to unpickle it")
+    for name in ("preprocessor.pkl", "drivers.pkl"):
+        if name not in manifest.get("sha256", {}):
+            raise InputError(f"{final_dir}/manifest.json does not list {name}; refusing to unpickle it (retrain)")
     for package, wrote in manifest.get("versions", {}).items():
         if version(package) != wrote:
             logger.warning("%s: written with %s %s, running %s", final_dir, package, wrote, version(package))
+    return manifest
+
+
+def load_artifacts(
+    final_dir: Path, *, method: str = "auto"
+) -> tuple[
+    dict[str, torch.nn.Module],
+    tuple[TimeSeriesPreprocessor, DriverScaling],
+    PostHocProbabilisticProcessor | None,
+    dict,
+]:
+    """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles).
+
+    Returns the models that the forecast method needs (the saved selection, or `method` for every target), the
+    scalers (preprocessor and driver scaling), the intervals and the settings with "SELECTION" set to what will be
+    used.
+    """
+    manifest = _checked_manifest(final_dir)
     from tsfm_public import TinyTimeMixerForPrediction
 
     settings = json.loads((final_dir / "settings.json").read_text(encoding="utf-8"))
@@ -1281,9 +1753,14 @@ def load_artifacts(
         settings["SELECTION"] = dict.fromkeys(settings["SELECTION"], method)
     needed = {part for chosen in settings["SELECTION"].values() for part in chosen.split("+")}
     folders = {"fine_tuned": final_dir, "zero_shot": final_dir / "zero_shot"}
-    models = {name: TinyTimeMixerForPrediction.from_pretrained(folders[name]) for name in needed & set(folders)}
-    with open(final_dir / "preprocessor.pkl", "rb") as f:
-        tsp = pickle.load(f)
+    models = {
+        name: decode_targets_only(TinyTimeMixerForPrediction.from_pretrained(folders[name]))
+        for name in needed & set(folders)
+    }
+    scalers = []
+    for name in ("preprocessor.pkl", "drivers.pkl"):
+        with open(final_dir / name, "rb") as f:
+            scalers.append(pickle.load(f))
     conformal = None
     if "conformal.pkl" in manifest["sha256"]:
         with open(final_dir / "conformal.pkl", "rb") as f:
@@ -1293,7 +1770,7 @@ def load_artifacts(
             "%s: no conformal.pkl (the backtest had too few windows); previsoes.csv gets no interval bounds",
             final_dir,
         )
-    return models, tsp, conformal, settings
+    return models, tuple(scalers), conformal, settings
 
 
 # ---- the run ------------------------------------------------------------------------------------------------------
@@ -1321,7 +1798,7 @@ def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
     for folder in dirs:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write_test"
+            probe = folder / f".write_test_{os.getpid()}"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as err:
@@ -1334,27 +1811,52 @@ def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
             raise InputError(f"{folder}: only {free_mb:.0f} MB free, MIN_FREE_DISK_MB={min_free_mb}; free some space")
 
 
+def write_outputs(
+    forecast: pd.DataFrame,
+    choice: Choice,
+    panel: Panel,
+    models: dict[str, torch.nn.Module],
+    scalers: tuple[TimeSeriesPreprocessor, DriverScaling],
+    *,
+    saved: dict,
+    metrics: dict,
+    clock: PhaseClock,
+) -> None:
+    """Section 8: previsoes.csv, plots, final_ttm_model/ (settings as saved) and the metrics, under RESULTS_DIR."""
+    results, date_column = Path(saved["RESULTS_DIR"]), saved["DATE_COLUMN"]
+    write_forecasts(forecast, results / "previsoes.csv", date_column=date_column)
+    level, top_n = saved["INTERVAL_LEVEL"], saved["PLOT_TOP_SERIES"]
+    plot_results(
+        panel, forecast, choice.last_origin, choice.figures["metrics"], results / "plots", top_n=top_n, level=level
+    )
+    clock.lap("plots")
+    save_artifacts(models, scalers, choice.conformal, saved, Path(saved["FINAL_MODEL_DIR"]))
+    clock.lap("save")
+    write_metrics(metrics, choice.per_series, results)
+
+
 def run_train(cfg: SimpleNamespace) -> dict:
     """The training run, one named call per section; returns the metrics also written to metricas.json."""
     results, final_dir, clock = Path(cfg.RESULTS_DIR), Path(cfg.FINAL_MODEL_DIR), PhaseClock()
     check_output_dirs([results, final_dir.resolve().parent], cfg.MIN_FREE_DISK_MB)
-    columns = {"date_column": cfg.DATE_COLUMN, "id_columns": cfg.ID_COLUMNS, "target_columns": cfg.TARGET_COLUMNS}
+    columns, horizon = _columns(vars(cfg)), cfg.PREDICTION_LENGTH
     synthetic_dir = results if cfg.DATA_PATH == config.DATA_PATH else None  # only the default path may be absent
-    sales = load_sales(cfg.DATA_PATH, **columns, seed=cfg.SEED, synthetic_dir=synthetic_dir)  # 1
+    sales, ahead = load_sales(  # 1
+        cfg.DATA_PATH,
+        columns=columns,
+        future_path=cfg.FUTURE_PATH,
+        horizon=horizon,
+        seed=cfg.SEED,
+        synthetic_dir=synthetic_dir,
+    )
     clock.lap("load")
-    panel, anchor = resample_weekly(sales, **columns, anchor=cfg.WEEK_ANCHOR, source=cfg.DATA_PATH)  # 2
+    panel, anchor = weekly_panel(sales, ahead, settings=vars(cfg), source=cfg.DATA_PATH)  # 2
     settings = TrainSettings.from_config(cfg)
     splits = backtest_splits(panel, origins=cfg.BACKTEST_ORIGINS, step=cfg.BACKTEST_STEP, settings=settings)  # 3
     clock.lap("preprocess")
-    pretrained = build_model(  # 4
-        cfg.PRETRAINED_MODEL,
-        context_length=cfg.CONTEXT_LENGTH,
-        prediction_length=cfg.PREDICTION_LENGTH,
-        prefer_l1=cfg.PREFER_L1_LOSS,
-        num_channels=len(cfg.TARGET_COLUMNS),
-    )
+    pretrained = build_model(cfg.PRETRAINED_MODEL, **model_shape(vars(cfg), panel))  # 4
     zero_shot = copy.deepcopy(pretrained)  # the same pretrained weights, kept untouched for the comparison
-    trainable = unfreeze_only(pretrained, cfg.TRAINABLE_LAYERS)
+    trainable = unfreeze_only(pretrained, (*cfg.TRAINABLE_LAYERS, *DRIVER_BLOCKS))
     resume = (run_fingerprint(vars(cfg), panel), cfg.FRESH_START)
     clock.lap("model")
     origins = run_backtest(  # 5: per origin, early stopping on validation WAPE, then a refit up to the origin
@@ -1365,49 +1867,37 @@ def run_train(cfg: SimpleNamespace) -> dict:
         origins, panel=panel, forced=cfg.FORECAST_METHOD, level=cfg.INTERVAL_LEVEL, date_column=cfg.DATE_COLUMN
     )
     epochs = refit_epochs(origins) if "fine_tuned" in "+".join(choice.selection.values()) else 0
-    model, tsp, data = refit(  # 7: the final model on every week, then the forecast
+    model, tsp, drivers, data = refit(  # 7: the final model on every week, then the forecast
         panel, pretrained=pretrained, epochs=epochs, settings=settings, out_dir=results / "refit", resume=resume
     )
     clock.lap("refit")
     models = {"fine_tuned": model, "zero_shot": zero_shot}
-    future = forecast_future(
-        models, data, choice.conformal, choice.selection, horizon=cfg.PREDICTION_LENGTH, date_column=cfg.DATE_COLUMN
+    forecast = forecast_future(
+        models, data, choice.conformal, choice.selection, horizon=horizon, date_column=cfg.DATE_COLUMN
     )
-    write_forecasts(future, results / "previsoes.csv", date_column=cfg.DATE_COLUMN)
     forecast_rate = len(panel.keys) / clock.lap("forecast")
-    mean, plots = choice.figures["metrics"], results / "plots"
-    plot_results(  # 8
-        panel, future, choice.last_origin, mean, plots, top_n=cfg.PLOT_TOP_SERIES, level=cfg.INTERVAL_LEVEL
-    )
-    clock.lap("plots")
-    saved = {**vars(cfg), "WEEK_ANCHOR": anchor, "SELECTION": choice.selection}
-    save_artifacts(models, tsp, choice.conformal, saved, final_dir)
-    clock.lap("save")
+    saved = {**vars(cfg), "WEEK_ANCHOR": anchor, "CONTROL_COLUMNS": _controls(panel), "SELECTION": choice.selection}
     metrics = {"trainable_fraction": trainable, "n_series": len(panel.keys), "refit_epochs": epochs, **choice.figures}
     metrics |= {"forecast_series_per_s": forecast_rate, "phase_seconds": clock.seconds}
-    write_metrics(metrics, choice.per_series, results)
+    if is_main_process():  # 8: under torchrun every rank computed the same; rank 0 writes
+        write_outputs(forecast, choice, panel, models, (tsp, drivers), saved=saved, metrics=metrics, clock=clock)
     logger.info("Done in %s", clock)
     return metrics
 
 
 def run_predict(cfg: SimpleNamespace) -> dict:
-    """Forecast new data with FINAL_MODEL_DIR, without training."""
+    """Forecast new data with FINAL_MODEL_DIR, without training; drivers of the coming weeks from FUTURE_PATH."""
     results, clock = Path(cfg.RESULTS_DIR), PhaseClock()
     check_output_dirs([results], 1)
-    models, tsp, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR), method=cfg.FORECAST_METHOD)
+    models, scalers, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR), method=cfg.FORECAST_METHOD)
     clock.lap("load model")
-    date_column, ids, targets = saved["DATE_COLUMN"], tuple(saved["ID_COLUMNS"]), tuple(saved["TARGET_COLUMNS"])
-    sales = read_sales_csv(cfg.DATA_PATH, date_column=date_column, id_columns=ids, target_columns=targets)
-    clock.lap("read")
-    panel, _ = resample_weekly(
-        sales,
-        date_column=date_column,
-        id_columns=ids,
-        target_columns=targets,
-        anchor=saved["WEEK_ANCHOR"],
-        source=cfg.DATA_PATH,
+    columns, horizon = _columns(saved), int(saved["PREDICTION_LENGTH"])
+    sales, ahead = load_sales(
+        cfg.DATA_PATH, columns=columns, future_path=cfg.FUTURE_PATH, horizon=horizon, seed=0, synthetic_dir=None
     )
-    data = scale_panel(panel, tsp)
+    clock.lap("read")
+    panel, _ = weekly_panel(sales, ahead, settings=saved | {"FUTURE_PATH": cfg.FUTURE_PATH}, source=cfg.DATA_PATH)
+    data = scale_panel(panel, *scalers)
     new = ~data.scaling.known
     if new.any():
         logger.warning(
@@ -1416,10 +1906,10 @@ def run_predict(cfg: SimpleNamespace) -> dict:
             panel.keys[new].head(10).to_dict("records"),
         )
     clock.lap("preprocess")
-    horizon = int(saved["PREDICTION_LENGTH"])
-    future = forecast_future(models, data, conformal, saved["SELECTION"], horizon=horizon, date_column=date_column)
+    date_column = columns["date_column"]
+    forecast = forecast_future(models, data, conformal, saved["SELECTION"], horizon=horizon, date_column=date_column)
     clock.lap("forecast")
-    write_forecasts(future, results / "previsoes.csv", date_column=date_column)
+    write_forecasts(forecast, results / "previsoes.csv", date_column=date_column)
     clock.lap("write")
     logger.info("Done in %s", clock)
     return {"n_series": len(panel.keys), "n_new_series": int(new.sum()), "phase_seconds": clock.seconds}
@@ -1448,16 +1938,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s (python ttm_model.py --help lists every setting)", err)
         raise SystemExit(2) from None
-    logging.getLogger().setLevel(cfg.LOG_LEVEL)
+    logging.getLogger().setLevel(cfg.LOG_LEVEL if is_main_process() else "WARNING")  # one log under torchrun
     logger.info("Settings: %s", json.dumps(vars(cfg), default=str))
     set_seed(cfg.SEED)
     try:
-        return run_predict(cfg) if cfg.MODE == "predict" else run_train(cfg)
+        if cfg.MODE == "predict":
+            return run_predict(cfg)
+        init_distributed(cfg.USE_CPU)
+        return run_train(cfg)
     except (InputError, FileNotFoundError, torch.cuda.OutOfMemoryError) as err:
         if cfg.DEBUG:
             raise
         logger.error("%s", _one_line(err, cfg.BATCH_SIZE))
         raise SystemExit(2) from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ from ttm_model import (
     build_model,
     refit_epochs,
     resample_weekly,
+    sample_windows,
     score_backtest,
     unfreeze_only,
 )
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
 SETTINGS = TrainSettings(
-    1e-3, 0.0, 2, 16, 1, 0, 0, True, windows_per_epoch=64, min_context=8, stride=2, horizon=HORIZON
+    1e-3, 0.0, 2, 16, 1, 0, 0, True, windows_per_epoch=64, valid_windows=0, min_context=8, stride=2, horizon=HORIZON
 )
 
 
@@ -99,3 +100,11 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
     np.testing.assert_array_equal(results[0].scale, results[1].scale)
     for method in results[0].forecasts:
         np.testing.assert_array_equal(results[0].forecasts[method], results[1].forecasts[method])
+
+
+def test_validation_sample_is_fixed_and_bounded():
+    windows = (np.arange(100), np.full(100, 50))
+    first, again = sample_windows(windows, 30, seed=3), sample_windows(windows, 30, seed=3)
+    assert len(first[0]) == 30 and len(set(first[0])) == 30 and (np.diff(first[0]) > 0).all()
+    np.testing.assert_array_equal(first[0], again[0])  # the same windows every epoch and every run
+    assert sample_windows(windows, 0, seed=3) is windows and sample_windows(windows, 100, seed=3) is windows

@@ -14,7 +14,9 @@ from conftest import ROOT, make_panel
 from sales_csv import InputError, read_sales_csv, write_forecasts
 from ttm_model import TrainSettings, backtest_splits, forecast_frame, resample_weekly, synthesize_sales
 
-SETTINGS = TrainSettings(1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, min_context=8, stride=1, horizon=8)
+SETTINGS = TrainSettings(
+    1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, valid_windows=0, min_context=8, stride=1, horizon=8
+)
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
 

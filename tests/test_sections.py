@@ -108,7 +108,7 @@ def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
     new = panel_df[panel_df["produto_cat"] == "001"].tail(20).assign(produto_cat="NEW")
     panel, _ = _panel(pd.concat([panel_df, new]))
     settings = TrainSettings(
-        1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, min_context=8, stride=1, horizon=HORIZON
+        1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, valid_windows=0, min_context=8, stride=1, horizon=HORIZON
     )
     splits = backtest_splits(panel, origins=3, step=5, settings=settings)
     assert [s.end for s in splits] == [70, 75, 80] and [s.test_start for s in splits] == [62, 67, 72]
@@ -146,7 +146,7 @@ def test_each_epoch_draws_other_windows(panel_df, model_dir, tmp_path):
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     datasets = window_datasets(data, {"train": split.train}, model=model, horizon=HORIZON, train_end=split.valid_start)
     settings = TrainSettings(
-        1e-3, 0.0, 2, 8, 1, 0, 0, True, windows_per_epoch=40, min_context=8, stride=1, horizon=HORIZON
+        1e-3, 0.0, 2, 8, 1, 0, 0, True, windows_per_epoch=40, valid_windows=0, min_context=8, stride=1, horizon=HORIZON
     )
     trainer = make_trainer(model, datasets, out_dir=tmp_path / "t", settings=settings, metric=None)
     assert len(trainer.get_train_dataloader()) == 5  # 40 windows per epoch in batches of 8

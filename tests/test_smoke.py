@@ -171,7 +171,7 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     argv = ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
     ttm_model.main([*argv, "--FORECAST_METHOD=fine_tuned"])
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
-    models, tsp, _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
+    models, (tsp, _), _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
     pipe = TimeSeriesForecastingPipeline(
         models["fine_tuned"],
         feature_extractor=tsp,

@@ -67,7 +67,11 @@ def main() -> None:
         panel, anchor = ttm_model.resample_weekly(
             sales, date_column="date", id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
         )
-        tsp = ttm_model.fit_group_scaler(panel, fit_end=np.full(len(panel.keys), len(panel.dates) - 52))
+        fit_end = np.full(len(panel.keys), len(panel.dates) - 52)
+        tsp, drivers = (
+            ttm_model.fit_group_scaler(panel, fit_end=fit_end),
+            ttm_model.fit_driver_scaling(panel, fit_end=fit_end),
+        )
         model = ttm_model.build_model(
             args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2
         )
@@ -78,8 +82,9 @@ def main() -> None:
             y_valid, ttm_model.forecast_scaled(model, scaled, panel.start, valid, horizon=26), 0.8
         )
         selection = dict.fromkeys(cfg.TARGET_COLUMNS, "fine_tuned")  # one forward pass per series, as timed below
-        settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "SELECTION": selection}
-        ttm_model.save_artifacts({"fine_tuned": model, "zero_shot": model}, tsp, conformal, settings, tmp / "final")
+        settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "SELECTION": selection, "HOLIDAY_COUNTRY": ""}  # no drivers
+        models = {"fine_tuned": model, "zero_shot": model}
+        ttm_model.save_artifacts(models, (tsp, drivers), conformal, settings, tmp / "final")
 
         argv = [
             "--MODE=predict",
