@@ -275,9 +275,10 @@ def test_text_ids_round_trip_to_the_forecast_file(tmp_path):
     [(("sku",), ("receita",)), (("loja", "sku", "canal"), ("vendas", "faturamento", "margem"))],
 )
 def test_synthetic_panel_honours_column_settings(ids, targets):
-    df = synthesize_sales(
+    df, future = synthesize_sales(
         seed=0, date_column="semana", id_columns=ids, target_columns=targets, n_products=2, ufs=("SP", "RJ")
     )
-    assert list(df.columns) == ["semana", *ids, *targets]
+    assert list(df.columns) == ["semana", *ids, *targets, "preco", "promocao"]
+    assert list(future.columns) == ["semana", *ids, "preco", "promocao"] and len(future) == 4 * 26
     assert df.groupby(list(ids)).ngroups == 4 and (df[list(targets)] >= 0).all().all()
     assert df[targets[0]].sum() > 0 and pd.api.types.is_datetime64_any_dtype(df["semana"])
