@@ -278,12 +278,12 @@ def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, pre
     n_series, n_weeks = present.shape
     counts = np.maximum(np.bincount(cell, minlength=n_series * n_weeks), 1)
     out = np.zeros((n_series, n_weeks, len(columns)))
+    last = np.maximum.accumulate(np.where(present, np.arange(n_weeks), -1), axis=1)  # last week with rows
+    last = np.where(last < 0, present.argmax(1)[:, None], last)  # (the first one before it)
     for c, column in enumerate(columns):
         raw = df[column].to_numpy(float)
         mean = (np.bincount(cell, weights=raw, minlength=n_series * n_weeks) / counts).reshape(n_series, n_weeks)
-        if raw.min() < 0 or raw.max() > 1:  # a price or level: carry the last week with rows (the first one before)
-            last = np.maximum.accumulate(np.where(present, np.arange(n_weeks), -1), axis=1)
-            last = np.where(last < 0, present.argmax(1)[:, None], last)
+        if raw.min() < 0 or raw.max() > 1:  # a price or level: carried
             mean = np.take_along_axis(mean, last, axis=1)
         out[..., c] = mean
     return out
@@ -291,9 +291,12 @@ def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, pre
 
 def _series_index(keys: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     """Index in keys of each row's series (id columns compared as text), -1 for a series keys do not have."""
-    joined = [keys[c].astype(str).str.cat([keys[o].astype(str) for o in keys.columns[1:]], sep="\x1f") for c in keys]
-    wanted = rows[keys.columns[0]].astype(str).str.cat([rows[o].astype(str) for o in keys.columns[1:]], sep="\x1f")
-    return pd.Index(joined[0]).get_indexer(wanted)
+
+    def joined(frame: pd.DataFrame) -> pd.Series:
+        first, *rest = keys.columns
+        return frame[first].astype(str).str.cat([frame[c].astype(str) for c in rest], sep="\x1f")
+
+    return pd.Index(joined(keys)).get_indexer(joined(rows))
 
 
 def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_column: str, path: str) -> np.ndarray:
@@ -439,6 +442,12 @@ def _scaler_frame(panel: Panel, rows: np.ndarray) -> pd.DataFrame:
     return frame
 
 
+def _fit_rows(panel: Panel, fit_end: np.ndarray) -> np.ndarray:
+    """(series, weeks) True on each series' weeks from its start to before fit_end[s]: what scalers are fitted on."""
+    t = np.arange(len(panel.dates))
+    return (t >= panel.start[:, None]) & (t < fit_end[:, None])
+
+
 def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray) -> TimeSeriesPreprocessor:
     """granite-tsfm's per product-UF standard scaler, fitted on each series' weeks before fit_end[s].
 
@@ -446,8 +455,7 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray) -> TimeSeriesPreproce
     series, 79 s for 50,000, and every backtest origin fits twice. Here train sets the preprocessor up on one series
     and the statistics of all series are computed at once, then stored as the scalers train would have fitted.
     """
-    t = np.arange(len(panel.dates))
-    rows = (t >= panel.start[:, None]) & (t < fit_end[:, None])
+    rows = _fit_rows(panel, fit_end)
     n = rows.sum(1)
     tsp = TimeSeriesPreprocessor(
         timestamp_column="date",
@@ -525,14 +533,10 @@ class DriverScaling:
     spread: np.ndarray  # (drivers,) pooled standard deviation of the centred driver (1 for shares)
     categories: dict  # categorical column -> tuple of its training values
 
-    def _transform(self, drivers: np.ndarray) -> np.ndarray:
-        log = np.array([kind == "log" for kind in self.kinds])
-        return np.where(log, np.log(np.maximum(drivers, 1e-9)), drivers)
-
     def apply(self, panel: Panel) -> tuple[np.ndarray, np.ndarray | None]:
         """The panel's drivers as the model reads them, and its series' category codes (series, columns) or None.
         A series the scaling does not know is centred on its own weeks."""
-        raw = self._transform(panel.drivers)
+        raw = _driver_transform(panel.drivers, self.kinds)
         keys = list(panel.keys.itertuples(index=False, name=None))
         offset = np.array([self.offset.get(key, np.full(len(self.kinds), np.nan)) for key in keys])
         own = raw[:, : len(panel.dates)].mean(1)
@@ -549,15 +553,18 @@ class DriverScaling:
         return ((raw - offset[:, None]) / self.spread).astype(np.float32), codes
 
 
+def _driver_transform(drivers: np.ndarray, kinds: tuple) -> np.ndarray:
+    """Drivers of kind "log" (positive levels such as prices) as logs, the others as they are."""
+    return np.where(np.array([kind == "log" for kind in kinds]), np.log(np.maximum(drivers, 1e-9)), drivers)
+
+
 def fit_driver_scaling(panel: Panel, *, fit_end: np.ndarray) -> DriverScaling:
     """DriverScaling of the panel's drivers and categories, from each series' weeks before fit_end[s]."""
-    t = np.arange(len(panel.dates))
-    rows = (t >= panel.start[:, None]) & (t < fit_end[:, None])
+    rows = _fit_rows(panel, fit_end)
     seen = panel.drivers[:, : len(panel.dates)][rows]  # (rows, drivers)
     share = (seen.min(0, initial=0) >= 0) & (seen.max(0, initial=0) <= 1)
     kinds = tuple("share" if sh else "log" if seen[:, c].min() > 0 else "level" for c, sh in enumerate(share))
-    partial = DriverScaling(kinds, {}, np.ones(len(kinds)), {})
-    raw = partial._transform(panel.drivers[:, : len(panel.dates)])
+    raw = _driver_transform(panel.drivers[:, : len(panel.dates)], kinds)
     n = np.maximum(rows.sum(1), 1)[:, None]
     mean = np.where(share, 0.0, (raw * rows[..., None]).sum(1) / n)
     spread = np.where(share, 1.0, np.sqrt(((raw - mean[:, None]) ** 2)[rows].mean(0)) if rows.any() else 1.0)
