@@ -25,7 +25,7 @@ SEED: int = 42  # seeds data synthesis, weights init, batch order (>= 0)
 LOG_LEVEL: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
 DEBUG: bool = False  # True shows the Python traceback of input errors
 FRESH_START: bool = False  # True ignores checkpoints of an interrupted run instead of resuming
-USE_CPU: bool = False  # True trains on CPU even when a GPU is present
+USE_CPU: bool = False  # True trains and predicts on CPU even when a GPU is present
 
 # --- 1. load -----------------------------------------------------------------
 DATA_PATH: str = "dados/db_tratado-w.csv"  # CSV: date, produto_cat, uf_cat, vendas, faturamento; absent -> synthetic
@@ -66,6 +66,7 @@ MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space tha
 
 # --- 6. evaluation, forecast and outputs -------------------------------------
 FORECAST_METHOD: str = "auto"  # "auto" = backtest winner per target, or e.g. zero_shot, fine_tuned+zero_shot
+PREDICT_PART_ROWS: int = 5_000_000  # predict mode: a larger CSV is split by series into parts of this many rows
 INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (between 0 and 1)
 PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/ (0 = none)
 RESULTS_DIR: str = "results_ttm_model"  # TensorBoard logs/, checkpoints, metrics, forecasts
@@ -202,6 +203,7 @@ RULES = {  # key -> (test, the allowed values in words)
     "EARLY_STOPPING_PATIENCE": _at_least(0),
     "NUM_WORKERS": _at_least(0),
     "MIN_FREE_DISK_MB": _at_least(0),
+    "PREDICT_PART_ROWS": _at_least(100),
     "FORECAST_METHOD": (lambda v: v in ("auto", *METHODS), f"auto or one of {', '.join(METHODS)}"),
     "INTERVAL_LEVEL": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive), e.g. 0.8"),
     "PLOT_TOP_SERIES": _at_least(0),

@@ -11,6 +11,7 @@ Sections: (1) load, (2) weekly resampling + per product-UF scaling, (3) split, (
 Settings: config.py. CSV reading and writing: sales_csv.py. Metrics, baselines and plots: evaluation.py.
 """
 
+import contextlib
 import copy
 import dataclasses
 import fnmatch
@@ -23,12 +24,13 @@ import os
 import pickle
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import holidays
 import numpy as np
@@ -56,7 +58,7 @@ from evaluation import (
     with_blends,
     write_metrics,
 )
-from sales_csv import InputError, read_sales_csv, write_forecasts
+from sales_csv import ForecastCsv, InputError, estimated_rows, read_sales_csv, split_sales_csv, write_forecasts
 
 logger = logging.getLogger("ttm_model")
 
@@ -174,6 +176,43 @@ def load_sales(
     return sales, future
 
 
+def predict_inputs(
+    data_path: str, future_path: str, *, columns: dict, horizon: int, part_rows: int, work_dir: Path
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame | None, tuple | None, str]]:
+    """Predict mode's input, one part at a time: (sales rows, future rows or None, span, source) as weekly_panel
+    takes them. A CSV of up to part_rows rows is one part; a larger one and its future file are split by series
+    into work_dir (deleted after), so memory holds one part whatever the file's size."""
+    parts = math.ceil(estimated_rows(data_path) / part_rows)
+    if parts <= 1:
+        sales, future = load_sales(
+            data_path, columns=columns, future_path=future_path, horizon=horizon, seed=0, synthetic_dir=None
+        )
+        yield sales, future, None, data_path
+        return
+    check_output_dirs([work_dir], Path(data_path).stat().st_size // 2**20 + 1)  # part files: less than the CSV
+    with tempfile.TemporaryDirectory(prefix=".parts-", dir=work_dir) as tmp:
+        sales = split_sales_csv(data_path, parts=parts, folder=Path(tmp) / "sales", **columns)
+        future = None
+        if columns["control_columns"]:
+            future = split_sales_csv(
+                future_path,
+                parts=parts,
+                folder=Path(tmp) / "future",
+                **columns | {"target_columns": ()},
+                setting="FUTURE_PATH",
+                dictionaries=sales.dictionaries,
+            )
+        for i in range(parts):
+            rows, ahead = sales.part(i), None if future is None else future.part(i)
+            if not len(rows) and ahead is not None and len(ahead):
+                raise InputError(
+                    f"{future_path}: {len(ahead)} row(s) with series that are not in the data, line(s) "
+                    f"{', '.join(map(str, ahead.index[:5] + 2))}; fix or remove them"
+                )
+            if len(rows):
+                yield rows, ahead, (sales.first_day, sales.last_day), f"{data_path} (part {i + 1} of {parts})"
+
+
 # ---- 2. weekly resampling + per product-UF scaling ----------------------------------------------------------------
 
 
@@ -189,6 +228,11 @@ class Panel:
     drivers: np.ndarray | None = None  # (series, weeks [+ future weeks], drivers) known-future inputs, raw units
     driver_names: tuple = ()  # control columns, then "holiday" when HOLIDAY_COUNTRY is set
     categorical: tuple = ()  # id columns the model reads as static categories
+
+
+def _week_end(day: np.ndarray, anchor: str) -> np.ndarray:
+    """Days (since 1970-01-01, a Thursday) moved to the last day of their week ending on the anchor's weekday."""
+    return day + (pd.tseries.frequencies.to_offset(anchor).weekday - (day + 3) % 7) % 7
 
 
 def _week_anchor(day_of_week: np.ndarray, anchor: str) -> str:
@@ -207,8 +251,10 @@ def resample_weekly(
     control_columns: Sequence[str] = (),
     anchor: str = "auto",
     source: str = "data",
+    span: tuple[np.datetime64, np.datetime64] | None = None,
 ) -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used.
+    span: the first and last date of the whole file when df holds a part of its series (all parts get its weeks).
 
     Control columns are averaged over a week's rows; a week without rows gets 0 in a flag or share column (values
     0..1) and the last known value in any other (prices are carried).
@@ -220,13 +266,15 @@ def resample_weekly(
     day = df[date_column].to_numpy("datetime64[D]").astype(np.int64)  # days since 1970-01-01, a Thursday
     day_of_week = (day + 3) % 7  # Monday = 0
     anchor = _week_anchor(day_of_week, anchor)
-    week_end = day + (pd.tseries.frequencies.to_offset(anchor).weekday - day_of_week) % 7
-    col = (week_end - week_end.min()) // 7
+    week_end = _week_end(day, anchor)
+    first, last = _week_end(np.array(span, "datetime64[D]").astype(np.int64), anchor) if span else week_end[[0, 0]]
+    first, last = min(first, week_end.min()), max(last, week_end.max())
+    col = (week_end - first) // 7
     codes = df.groupby(ids, sort=True, observed=True).ngroup().to_numpy()
     by_series = np.argsort(codes, kind="stable")  # file order inside each series
     same_series = np.diff(codes[by_series]) == 0
     keys = df[ids].iloc[by_series[np.r_[True, ~same_series]]].reset_index(drop=True).astype(object)  # text ids
-    n_series, n_weeks = len(keys), int(col.max()) + 1
+    n_series, n_weeks = len(keys), int(last - first) // 7 + 1
     out_of_order = int((same_series & (np.diff(day[by_series]) < 0)).sum())
     if out_of_order:
         logger.warning("%s: %d rows were out of date order within their series; sorted", source, out_of_order)
@@ -248,7 +296,7 @@ def resample_weekly(
         )
     start = present.argmax(axis=1)
     controls = _weekly_controls(df, list(control_columns), cell, present)
-    dates = pd.date_range(pd.Timestamp(week_end.min(), unit="D"), periods=n_weeks, freq=anchor)
+    dates = pd.date_range(pd.Timestamp(first, unit="D"), periods=n_weeks, freq=anchor)
     filled = int((n_weeks - start).sum() - len(rows_s))
     all_zero = ~values.any(axis=(1, 2))
     if all_zero.any():
@@ -289,14 +337,15 @@ def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, pre
     return out
 
 
+def _joined(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Index:
+    """One text per row: the row's id columns joined, to look series up with pd.Index.get_indexer."""
+    first, *rest = columns
+    return pd.Index(frame[first].astype(str).str.cat([frame[c].astype(str) for c in rest], sep="\x1f"))
+
+
 def _series_index(keys: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     """Index in keys of each row's series (id columns compared as text), -1 for a series keys do not have."""
-
-    def joined(frame: pd.DataFrame) -> pd.Series:
-        first, *rest = keys.columns
-        return frame[first].astype(str).str.cat([frame[c].astype(str) for c in rest], sep="\x1f")
-
-    return pd.Index(joined(keys)).get_indexer(joined(rows))
+    return _joined(keys, keys.columns).get_indexer(_joined(rows, keys.columns))
 
 
 def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_column: str, path: str) -> np.ndarray:
@@ -306,10 +355,10 @@ def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_co
         InputError: naming the file, the series and weeks that are missing, unknown, outside or repeated.
     """
     anchor = pd.tseries.frequencies.to_offset(panel.dates.freqstr)
-    day = future[date_column].to_numpy("datetime64[D]").astype(np.int64)
-    week_end = day + (anchor.weekday - (day + 3) % 7) % 7
+    week_end = _week_end(future[date_column].to_numpy("datetime64[D]").astype(np.int64), panel.dates.freqstr)
     last = panel.dates[-1].to_datetime64().astype("datetime64[D]").astype(np.int64)
     week = (week_end - last) // 7 - 1
+    lines = future.index.to_numpy() + 2  # file lines (a part of a split file keeps its file rows as index)
     series = _series_index(panel.keys, future)
     weeks = f"the {horizon} weeks {panel.dates[-1] + anchor:%Y-%m-%d}..{panel.dates[-1] + horizon * anchor:%Y-%m-%d}"
     for bad, what in (
@@ -317,9 +366,8 @@ def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_co
         ((week < 0) | (week >= horizon), f"dates outside {weeks}"),
     ):
         if bad.any():
-            lines = ", ".join(map(str, np.flatnonzero(bad)[:5] + 2))
             raise InputError(
-                f"{path}: {bad.sum()} row(s) with {what}, line(s) {lines} "
+                f"{path}: {bad.sum()} row(s) with {what}, line(s) {', '.join(map(str, lines[bad][:5]))} "
                 f"(e.g. {future[bad].iloc[0][[date_column, *panel.keys.columns]].astype(str).to_dict()}); fix or "
                 "remove them"
             )
@@ -328,7 +376,7 @@ def future_controls(panel: Panel, future: pd.DataFrame, *, horizon: int, date_co
         repeated = pd.Series(cell).duplicated().to_numpy()
         raise InputError(
             f"{path}: {repeated.sum()} repeated (series, week) row(s), line(s) "
-            f"{', '.join(map(str, np.flatnonzero(repeated)[:5] + 2))}; keep one row per series and week"
+            f"{', '.join(map(str, lines[repeated][:5]))}; keep one row per series and week"
         )
     have = np.zeros(len(panel.keys) * horizon, bool)
     have[cell] = True
@@ -413,14 +461,20 @@ def _controls(panel: Panel) -> tuple:
 
 
 def weekly_panel(
-    sales: pd.DataFrame, future: pd.DataFrame | None, *, settings: dict, source: str
+    sales: pd.DataFrame,
+    future: pd.DataFrame | None,
+    *,
+    settings: dict,
+    source: str,
+    span: tuple[np.datetime64, np.datetime64] | None = None,
 ) -> tuple[Panel, str]:
     """Section 2 for training and predict: the weekly panel with its drivers (the control columns the future file
-    has, the holiday flags of settings' HOLIDAY_COUNTRY) and categories; returns it and the week anchor used."""
+    has, the holiday flags of settings' HOLIDAY_COUNTRY) and categories; returns it and the week anchor used.
+    span: as resample_weekly takes it, for a part of a split file."""
     columns = _columns(settings)
     names = columns["id_columns"]
     columns["control_columns"] = () if future is None else tuple(future.columns[1 + len(names) :])
-    panel, anchor = resample_weekly(sales, **columns, anchor=settings["WEEK_ANCHOR"], source=source)
+    panel, anchor = resample_weekly(sales, **columns, anchor=settings["WEEK_ANCHOR"], source=source, span=span)
     panel = add_drivers(
         panel,
         future,
@@ -467,12 +521,7 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray) -> TimeSeriesPreproce
         encode_categorical=False,
     )
     tsp.train(_scaler_frame(panel, rows & (np.arange(len(n)) == np.argmax(n > 0))[:, None]))
-    weights = rows[..., None] / np.maximum(n, 1)[:, None, None]
-    mean = (panel.values * weights).sum(1)
-    var = ((panel.values - mean[:, None]) ** 2 * weights).sum(1)
-    eps = np.finfo(np.float64).eps
-    constant = var <= n[:, None] * eps * var + (n[:, None] * mean * eps) ** 2  # sklearn's _is_constant_feature
-    scale = np.where(constant, 1.0, np.sqrt(var))
+    mean, var, scale = _standard_stats(panel.values, rows)
     scaler_class, names = tsp._get_scaler_class(tsp.scaler_type), np.array(panel.targets, dtype=object)
     for s, key in enumerate(panel.keys.itertuples(index=False, name=None)):
         if n[s]:
@@ -481,6 +530,17 @@ def fit_group_scaler(panel: Panel, *, fit_end: np.ndarray) -> TimeSeriesPreproce
             scaler.n_features_in_, scaler.feature_names_in_ = len(names), names
             tsp.target_scaler_dict[key if len(key) > 1 else key[0]] = scaler
     return tsp
+
+
+def _standard_stats(values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, variance and scale (series, targets) of sklearn's StandardScaler fitted on each series' rows weeks."""
+    n = rows.sum(1)[:, None]
+    weights = rows[..., None] / np.maximum(n, 1)[..., None]
+    mean = (values * weights).sum(1)
+    var = ((values - mean[:, None]) ** 2 * weights).sum(1)
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2  # sklearn's _is_constant_feature
+    return mean, var, np.where(constant, 1.0, np.sqrt(var))
 
 
 @dataclass(frozen=True)
@@ -501,19 +561,48 @@ class Scaling:
         return np.clip(scaled * self.scale[series, None] + self.mean[series, None], 0, None)
 
 
-def panel_scaling(tsp: TimeSeriesPreprocessor, panel: Panel) -> Scaling:
+@dataclass(frozen=True)
+class SeriesScalers:
+    """The fitted per-series scalers as arrays, saved as scalers.npz beside preprocessor.pkl (granite-tsfm's
+    TimeSeriesPreprocessor, the twin): predict reads them from it instead of unpickling one sklearn scaler per
+    series, 3.8 s for 100,000 series (tests/benchmarks/bench_predict.py)."""
+
+    keys: pd.DataFrame  # one row per known series: its id columns (text)
+    mean: np.ndarray  # (series, targets)
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, tsp: TimeSeriesPreprocessor) -> "SeriesScalers":
+        keys = [key if isinstance(key, tuple) else (key,) for key in tsp.target_scaler_dict]
+        scalers = tsp.target_scaler_dict.values()
+        mean, scale = np.array([s.mean_ for s in scalers]), np.array([s.scale_ for s in scalers])
+        return cls(pd.DataFrame(keys, columns=tsp.id_columns, dtype=object), mean, scale)
+
+    @functools.cached_property
+    def index(self) -> pd.Index:
+        return _joined(self.keys, self.keys.columns)
+
+    def save(self, path: Path) -> None:
+        keys, columns = self.keys.to_numpy(str), np.array(self.keys.columns, dtype=str)
+        np.savez(path, keys=keys, columns=columns, mean=self.mean, scale=self.scale)
+
+    @classmethod
+    def load(cls, path: Path) -> "SeriesScalers":
+        with np.load(path) as saved:
+            keys = pd.DataFrame(saved["keys"], columns=saved["columns"], dtype=object)
+            return cls(keys, saved["mean"], saved["scale"])
+
+
+def panel_scaling(fitted: TimeSeriesPreprocessor | SeriesScalers, panel: Panel) -> Scaling:
     """The fitted scalers of the panel's series; a series the preprocessor does not know gets its own history's."""
-    n = len(tsp.target_columns)
-    mean, scale, known = np.zeros((len(panel.keys), n)), np.ones((len(panel.keys), n)), np.zeros(len(panel.keys), bool)
-    for i, key in enumerate(panel.keys.itertuples(index=False, name=None)):
-        scaler = tsp.target_scaler_dict.get(key if len(key) > 1 else key[0])
-        if scaler is not None:
-            mean[i], scale[i], known[i] = scaler.mean_, scaler.scale_, True
+    scalers = fitted if isinstance(fitted, SeriesScalers) else SeriesScalers.of(fitted)
+    row = scalers.index.get_indexer(_joined(panel.keys, scalers.keys.columns))
+    known = row >= 0
+    mean = np.where(known[:, None], scalers.mean[row], 0.0)
+    scale = np.where(known[:, None], scalers.scale[row], 1.0)
     new = np.flatnonzero(~known & (panel.start < len(panel.dates)))  # a series with no week yet keeps (0, 1)
-    if len(new):
-        sub = Panel(panel.keys.iloc[new], panel.dates, panel.values[new], panel.start[new], panel.targets)
-        own = panel_scaling(fit_group_scaler(sub, fit_end=np.full(len(new), len(panel.dates))), sub)
-        mean[new], scale[new] = own.mean, own.scale
+    own = _standard_stats(panel.values[new], _fit_rows(panel, np.full(len(panel.keys), len(panel.dates)))[new])
+    mean[new], scale[new] = own[0], own[2]
     return Scaling(mean, scale, known)
 
 
@@ -587,10 +676,12 @@ class ScaledPanel:
     categories: np.ndarray | None = None  # (series, categorical columns) codes
 
 
-def scale_panel(panel: Panel, tsp: TimeSeriesPreprocessor, drivers: DriverScaling | None = None) -> ScaledPanel:
-    """The panel in the scaled units of the fitted preprocessor (unknown series: their own history), and its
-    drivers and categories as the model reads them."""
-    scaling = panel_scaling(tsp, panel)
+def scale_panel(
+    panel: Panel, fitted: TimeSeriesPreprocessor | SeriesScalers, drivers: DriverScaling | None = None
+) -> ScaledPanel:
+    """The panel in the scaled units of the fitted scalers (unknown series: their own history), and its drivers and
+    categories as the model reads them."""
+    scaling = panel_scaling(fitted, panel)
     encoded, codes = drivers.apply(panel) if drivers and (panel.driver_names or panel.categorical) else (None, None)
     return ScaledPanel(panel, scaling, scaling.apply(panel.values), encoded, codes)
 
@@ -1691,6 +1782,7 @@ def save_artifacts(
     for name, scaler in zip(("preprocessor.pkl", "drivers.pkl"), scalers):
         with open(staging / name, "wb") as f:
             pickle.dump(scaler, f, protocol=pickle.HIGHEST_PROTOCOL)
+    SeriesScalers.of(scalers[0]).save(staging / "scalers.npz")
     if conformal is not None:
         with open(staging / "conformal.pkl", "wb") as f:
             pickle.dump(conformal, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -1738,14 +1830,14 @@ def load_artifacts(
     final_dir: Path, *, method: str = "auto"
 ) -> tuple[
     dict[str, torch.nn.Module],
-    tuple[TimeSeriesPreprocessor, DriverScaling],
+    tuple[SeriesScalers, DriverScaling],
     PostHocProbabilisticProcessor | None,
     dict,
 ]:
     """Load what save_artifacts wrote, after checking every file against manifest.json (no foreign pickles).
 
     Returns the models that the forecast method needs (the saved selection, or `method` for every target), the
-    scalers (preprocessor and driver scaling), the intervals and the settings with "SELECTION" set to what will be
+    scalers (series scalers and driver scaling), the intervals and the settings with "SELECTION" set to what will be
     used.
     """
     manifest = _checked_manifest(final_dir)
@@ -1764,10 +1856,13 @@ def load_artifacts(
         name: decode_targets_only(TinyTimeMixerForPrediction.from_pretrained(folders[name]))
         for name in needed & set(folders)
     }
-    scalers = []
-    for name in ("preprocessor.pkl", "drivers.pkl"):
-        with open(final_dir / name, "rb") as f:
-            scalers.append(pickle.load(f))
+    if (final_dir / "scalers.npz").exists():
+        scalers = [SeriesScalers.load(final_dir / "scalers.npz")]
+    else:  # a folder of an earlier version
+        with open(final_dir / "preprocessor.pkl", "rb") as f:
+            scalers = [SeriesScalers.of(pickle.load(f))]
+    with open(final_dir / "drivers.pkl", "rb") as f:
+        scalers.append(pickle.load(f))
     conformal = None
     if "conformal.pkl" in manifest["sha256"]:
         with open(final_dir / "conformal.pkl", "rb") as f:
@@ -1792,7 +1887,7 @@ class PhaseClock:
 
     def lap(self, phase: str) -> float:
         now = time.perf_counter()
-        self.seconds[phase], self._last = now - self._last, now
+        self.seconds[phase], self._last = self.seconds.get(phase, 0.0) + now - self._last, now
         return self.seconds[phase]
 
     def __str__(self) -> str:
@@ -1893,33 +1988,45 @@ def run_train(cfg: SimpleNamespace) -> dict:
 
 
 def run_predict(cfg: SimpleNamespace) -> dict:
-    """Forecast new data with FINAL_MODEL_DIR, without training; drivers of the coming weeks from FUTURE_PATH."""
+    """Forecast new data with FINAL_MODEL_DIR, without training; drivers of the coming weeks from FUTURE_PATH. A CSV
+    of more than PREDICT_PART_ROWS rows is read, forecast and written one part of its series at a time."""
     results, clock = Path(cfg.RESULTS_DIR), PhaseClock()
     check_output_dirs([results], 1)
     models, scalers, conformal, saved = load_artifacts(Path(cfg.FINAL_MODEL_DIR), method=cfg.FORECAST_METHOD)
+    device = "cuda" if torch.cuda.is_available() and not cfg.USE_CPU else "cpu"
+    models = {name: model.to(device) for name, model in models.items()}
     clock.lap("load model")
     columns, horizon = _columns(saved), int(saved["PREDICTION_LENGTH"])
-    sales, ahead = load_sales(
-        cfg.DATA_PATH, columns=columns, future_path=cfg.FUTURE_PATH, horizon=horizon, seed=0, synthetic_dir=None
+    settings, date_column = saved | {"FUTURE_PATH": cfg.FUTURE_PATH}, columns["date_column"]
+    inputs = predict_inputs(
+        cfg.DATA_PATH,
+        cfg.FUTURE_PATH,
+        columns=columns,
+        horizon=horizon,
+        part_rows=cfg.PREDICT_PART_ROWS,
+        work_dir=results,
     )
-    clock.lap("read")
-    panel, _ = weekly_panel(sales, ahead, settings=saved | {"FUTURE_PATH": cfg.FUTURE_PATH}, source=cfg.DATA_PATH)
-    data = scale_panel(panel, *scalers)
-    new = ~data.scaling.known
-    if new.any():
+    n_series, new, examples = 0, 0, []
+    with contextlib.closing(inputs), ForecastCsv(results / "previsoes.csv", date_column=date_column) as out:
+        for sales, ahead, span, source in inputs:
+            clock.lap("read")
+            panel, _ = weekly_panel(sales, ahead, settings=settings, source=source, span=span)
+            data = scale_panel(panel, *scalers)
+            n_series, new = n_series + len(panel.keys), new + (~data.scaling.known).sum()
+            examples += panel.keys[~data.scaling.known].head(10 - len(examples)).to_dict("records")
+            clock.lap("preprocess")
+            point = forecast_future(
+                models, data, conformal, saved["SELECTION"], horizon=horizon, date_column=date_column
+            )
+            clock.lap("forecast")
+            out.write(point)
+            clock.lap("write")
+    if new:
         logger.warning(
-            "%d series were not in training; scaled on their own history and flagged new_series: %s",
-            new.sum(),
-            panel.keys[new].head(10).to_dict("records"),
+            "%d series were not in training; scaled on their own history and flagged new_series: %s", new, examples
         )
-    clock.lap("preprocess")
-    date_column = columns["date_column"]
-    forecast = forecast_future(models, data, conformal, saved["SELECTION"], horizon=horizon, date_column=date_column)
-    clock.lap("forecast")
-    write_forecasts(forecast, results / "previsoes.csv", date_column=date_column)
-    clock.lap("write")
     logger.info("Done in %s", clock)
-    return {"n_series": len(panel.keys), "n_new_series": int(new.sum()), "phase_seconds": clock.seconds}
+    return {"n_series": n_series, "n_new_series": int(new), "phase_seconds": clock.seconds}
 
 
 def _one_line(err: BaseException, batch_size: int) -> str:

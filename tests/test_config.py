@@ -92,6 +92,7 @@ BAD_VALUES = {
     "EARLY_STOPPING_PATIENCE": ("-1", "EARLY_STOPPING_PATIENCE=-1 is not allowed: use an integer >= 0"),
     "NUM_WORKERS": ("-2", "NUM_WORKERS=-2 is not allowed: use an integer >= 0"),
     "MIN_FREE_DISK_MB": ("-1", "MIN_FREE_DISK_MB=-1 is not allowed: use an integer >= 0"),
+    "PREDICT_PART_ROWS": ("50", "PREDICT_PART_ROWS=50 is not allowed: use an integer >= 100"),
     "INTERVAL_LEVEL": ("1.5", "INTERVAL_LEVEL=1.5 is not allowed: use a number between 0 and 1"),
     "PLOT_TOP_SERIES": ("-1", "PLOT_TOP_SERIES=-1 is not allowed: use an integer >= 0"),
     "RESULTS_DIR": ("final_ttm_model", "RESULTS_DIR and FINAL_MODEL_DIR are the same folder"),

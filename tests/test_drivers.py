@@ -20,6 +20,8 @@ from ttm_model import (
 
 IDS, TARGETS, CONTROLS = ("produto_cat", "uf_cat"), ("vendas", "faturamento"), ("preco", "promocao")
 
+PARTS = "--PREDICT_PART_ROWS=200"  # predict mode splits promo_panel's 720 rows into 4 parts
+
 
 def promo_panel(n_weeks: int = 120, future_weeks: int = HORIZON, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Six series whose units triple in promotion weeks (price 20% off), and the future file of their drivers."""
@@ -243,6 +245,24 @@ def test_what_if_a_promotion_raises_that_products_forecast(promo_run):
     lift = what_if["vendas"].to_numpy()[was_off] / base["vendas"].to_numpy()[was_off]
     assert np.median(lift) > 1.2  # the training data's lift is 3x
     np.testing.assert_allclose(what_if.loc[~switched.to_numpy(), "vendas"], base.loc[~switched.to_numpy(), "vendas"])
+
+
+def test_predict_in_parts_reads_each_parts_future_drivers(promo_run, tmp_path):
+    tmp, future, _ = promo_run
+    argv = ["--MODE=predict", f"--DATA_PATH={tmp / 'vendas.csv'}", f"--FINAL_MODEL_DIR={tmp / 'final'}"]
+    plan = future.sample(frac=1, random_state=0)
+    plan.to_csv(tmp_path / "futuro.csv", index=False)
+    ttm_model.main([*argv, f"--FUTURE_PATH={tmp_path / 'futuro.csv'}", f"--RESULTS_DIR={tmp_path / 'parts'}", PARTS])
+    keys = ["produto_cat", "uf_cat", "date"]
+    ours = pd.read_csv(tmp_path / "parts" / "previsoes.csv").sort_values(keys, ignore_index=True)
+    pd.testing.assert_frame_equal(ours, pd.read_csv(tmp / "results" / "previsoes.csv"), rtol=1e-5)
+    stray = pd.concat([plan, plan.head(1).assign(uf_cat="AM")])  # a series the data does not have, on line 50
+    stray.to_csv(tmp_path / "futuro_extra.csv", index=False)
+    argv += [f"--FUTURE_PATH={tmp_path / 'futuro_extra.csv'}", f"--RESULTS_DIR={tmp_path / 'stray'}", PARTS]
+    with pytest.raises(
+        InputError, match=r"futuro_extra.csv: 1 row\(s\) with series that are not in the data, line\(s\) 50 "
+    ):
+        ttm_model.run_predict(ttm_model.config.resolve(argv, {}))
 
 
 def test_predict_without_the_future_file_says_which_setting(promo_run, tmp_path):

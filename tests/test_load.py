@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_panel
 
-from sales_csv import InputError, read_sales_csv, write_forecasts
+from sales_csv import InputError, read_sales_csv, split_sales_csv, write_forecasts
 from ttm_model import TrainSettings, backtest_splits, forecast_frame, resample_weekly, synthesize_sales
 
 SETTINGS = TrainSettings(
@@ -153,6 +153,32 @@ def test_bad_input_corpus(name, tmp_path, caplog):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == before  # input never modified
 
 
+@pytest.mark.parametrize("name", [name for name, (content, _) in CORPUS.items() if content])
+def test_split_file_reads_the_corpus_like_the_whole_file(name, tmp_path):
+    """Predict mode splits a large file into parts by series, reading it in blocks: every row lands once, in its
+    series' one part, and a bad file fails with the same message (line numbers of the whole file)."""
+    path = tmp_path / "vendas.csv"
+    path.write_bytes(CORPUS[name][0])
+    try:
+        whole = read_sales_csv(str(path), **KW)
+    except InputError as err:
+        with pytest.raises(InputError) as split_err:
+            split_sales_csv(str(path), parts=3, folder=tmp_path / "parts", block_bytes=300, **KW)
+        assert str(split_err.value) == str(err)
+        return
+    split = split_sales_csv(str(path), parts=3, folder=tmp_path / "parts", block_bytes=300, **KW)
+    parts = [split.part(i).assign(part=i) for i in range(3)]
+    rows = pd.concat(parts).sort_index()
+    assert list(rows.index) == list(range(len(whole))) and split.rows == len(whole)
+    ids = list(KW["id_columns"])
+    pd.testing.assert_frame_equal(
+        rows.drop(columns="part").astype(dict.fromkeys(ids, str)).reset_index(drop=True),
+        whole.astype(dict.fromkeys(ids, str)),
+    )
+    assert (rows.groupby(ids, observed=True)["part"].nunique() == 1).all()
+    assert (split.first_day, split.last_day) == (whole["date"].min(), whole["date"].max())
+
+
 def test_corpus_is_large():
     assert len(CORPUS) >= 30
 
@@ -234,6 +260,9 @@ def test_latin1_character_after_the_sniffed_head(tmp_path):
     path.write_bytes(body)
     out = read_sales_csv(str(path), **KW)
     assert len(out) == len(df) + 1 and out["uf_cat"].iloc[-1] == "São Paulo"
+    split = split_sales_csv(str(path), parts=2, folder=tmp_path / "parts", block_bytes=4096, **KW)
+    rows = pd.concat([split.part(0), split.part(1)]).sort_index()
+    assert len(rows) == len(df) + 1 and rows["uf_cat"].iloc[-1] == "São Paulo"
 
 
 def test_text_ids_round_trip_to_the_forecast_file(tmp_path):

@@ -11,6 +11,7 @@ from tsfm_public import ForecastDFDataset
 
 from ttm_model import (
     InputError,
+    SeriesScalers,
     TrainSettings,
     WindowDataset,
     _scaler_frame,
@@ -180,6 +181,27 @@ def test_vectorised_scaling_equals_tsp_and_round_trips(panel_df):
     theirs = tsp.preprocess(long).sort_values([*IDS, "date"])
     np.testing.assert_allclose(ours.reshape(-1, 2), theirs[list(TARGETS)].to_numpy(), rtol=1e-10)
     np.testing.assert_allclose(ours * scale[:, None] + mean[:, None], panel.values, atol=1e-9)
+
+
+@pytest.mark.parametrize("ids", [("produto_cat", "uf_cat"), ("produto_cat",)])
+def test_saved_scaler_arrays_equal_the_preprocessor(ids, tmp_path):
+    """scalers.npz (what predict reads) gives the same scaling as granite's preprocessor, for one or more id
+    columns, and leaves a series it does not know to the series' own history."""
+    df = make_panel(n_products=4).assign(produto_cat=lambda d: d["produto_cat"] + "/" + d["uf_cat"])
+    panel, _ = resample_weekly(df, date_column="date", id_columns=ids, target_columns=TARGETS)
+    seen = np.arange(len(panel.keys)) != 1
+    tsp = fit_group_scaler(
+        replace(panel, keys=panel.keys[seen], values=panel.values[seen], start=panel.start[seen]),
+        fit_end=np.full(seen.sum(), 60),
+    )
+    SeriesScalers.of(tsp).save(tmp_path / "scalers.npz")
+    ours = panel_scaling(SeriesScalers.load(tmp_path / "scalers.npz"), panel)
+    assert list(ours.known) == list(seen)
+    for s, key in enumerate(panel.keys[seen].itertuples(index=False, name=None)):  # granite's own lookup
+        scaler = tsp.target_scaler_dict[key if len(key) > 1 else key[0]]
+        np.testing.assert_array_equal(ours.mean[seen][s], scaler.mean_)
+        np.testing.assert_array_equal(ours.scale[seen][s], scaler.scale_)
+    np.testing.assert_allclose(ours.mean[1], panel.values[1].mean(0))
 
 
 def test_windows_equal_forecastdfdataset(panel_df):

@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -102,6 +103,26 @@ def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
     pd.testing.assert_frame_equal(ours, theirs, rtol=1e-5)
 
 
+def test_predict_in_parts_equals_predict_at_once(trained, tmp_path):
+    """A file above PREDICT_PART_ROWS is read, forecast and written in parts by series: the same forecasts, with the
+    file's last week as every series' forecast origin even where a part's own rows end sooner."""
+    tmp, _, _ = trained
+    df = make_panel(n_products=4, ufs=("SP", "RJ", "MG"))
+    late, early = df["produto_cat"].eq("002") & df["uf_cat"].eq("MG"), df["produto_cat"].eq("004")
+    df = df[~(late & (df["date"] < "2022-06-01")) & ~(early & (df["date"] > "2023-05-01"))]
+    path = tmp_path / "novos.csv"
+    df.sample(frac=1, random_state=0).to_csv(path, index=False)  # rows of a series spread over the file
+    argv = ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}"]
+    whole = ttm_model.main([*argv, f"--RESULTS_DIR={tmp_path / 'whole'}"])
+    parts = ttm_model.main([*argv, f"--RESULTS_DIR={tmp_path / 'parts'}", "--PREDICT_PART_ROWS=200"])
+    assert whole["n_series"] == parts["n_series"] == 12 and whole["n_new_series"] == parts["n_new_series"] == 6
+    keys = ["produto_cat", "uf_cat", "date"]
+    ours = pd.read_csv(tmp_path / "parts" / "previsoes.csv").sort_values(keys, ignore_index=True)
+    pd.testing.assert_frame_equal(ours, pd.read_csv(tmp_path / "whole" / "previsoes.csv"), rtol=1e-5)  # batches
+    assert ours.groupby(keys[:2])["date"].min().eq(str((df["date"].max() + pd.Timedelta(weeks=1)).date())).all()
+    assert list((tmp_path / "parts").iterdir()) == [tmp_path / "parts" / "previsoes.csv"]  # part files deleted
+
+
 def test_predict_flags_unseen_series(trained, tmp_path):
     tmp, data, _ = trained
     df = make_panel()
@@ -171,7 +192,9 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     argv = ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
     ttm_model.main([*argv, "--FORECAST_METHOD=fine_tuned"])
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
-    models, (tsp, _), _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
+    models, _, _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
+    with open(tmp / "final" / "preprocessor.pkl", "rb") as f:
+        tsp = pickle.load(f)  # granite-tsfm's own preprocessor, as saved
     pipe = TimeSeriesForecastingPipeline(
         models["fine_tuned"],
         feature_extractor=tsp,
