@@ -2,6 +2,7 @@
 
 import csv
 import difflib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,17 @@ class SplitCsv:
     last_day: np.datetime64
     rows: int
 
+    @functools.cached_property
+    def _sorted(self) -> dict:
+        """Id column -> (each dictionary code's rank in sorted order, the sorted values): once, not per part."""
+        out = {}
+        for col, values in self.dictionaries.items():
+            order = values.argsort()
+            rank = np.empty(len(order), np.int32)
+            rank[order] = np.arange(len(order))
+            out[col] = rank, values[order]
+        return out
+
     def part(self, i: int) -> pd.DataFrame:
         """Part i as read_sales_csv returns rows (ids categorical, categories sorted), indexed by file row."""
         file, dtype = self.folder / f"{i}.bin", _record_dtype(len(self.id_columns), len(self.numbers))
@@ -304,11 +316,8 @@ class SplitCsv:
         days = record["day"].astype(np.int64).astype("datetime64[D]")
         out = pd.DataFrame({self.date_column: days.astype("datetime64[ns]")}, index=record["row"])
         for j, col in enumerate(self.id_columns):
-            values = self.dictionaries[col]
-            order = values.argsort()
-            rank = np.empty(len(order), np.int32)
-            rank[order] = np.arange(len(order))
-            out[col] = pd.Categorical.from_codes(rank[record[f"id{j}"]], values[order])
+            rank, values = self._sorted[col]
+            out[col] = pd.Categorical.from_codes(rank[record[f"id{j}"]], values)
         for k, col in enumerate(self.numbers):
             out[col] = record[f"x{k}"]
         return out

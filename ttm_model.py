@@ -267,8 +267,9 @@ def resample_weekly(
     day_of_week = (day + 3) % 7  # Monday = 0
     anchor = _week_anchor(day_of_week, anchor)
     week_end = _week_end(day, anchor)
-    first, last = _week_end(np.array(span, "datetime64[D]").astype(np.int64), anchor) if span else week_end[[0, 0]]
-    first, last = min(first, week_end.min()), max(last, week_end.max())
+    first, last = week_end.min(), week_end.max()
+    if span:  # a part of a larger file: the whole file's weeks
+        first, last = _week_end(np.array(span, "datetime64[D]").astype(np.int64), anchor)
     col = (week_end - first) // 7
     codes = df.groupby(ids, sort=True, observed=True).ngroup().to_numpy()
     by_series = np.argsort(codes, kind="stable")  # file order inside each series
