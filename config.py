@@ -61,7 +61,8 @@ WEIGHT_DECAY: float = 0.0  # AdamW weight decay (>= 0)
 NUM_TRAIN_EPOCHS: int = 30  # cap, and the length of the OneCycleLR cycle; early stopping may end sooner
 BATCH_SIZE: int = 64  # windows per step (train and eval)
 EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping (>= 0)
-NUM_WORKERS: int = 0  # DataLoader workers (0 is fastest on CPU; try 4-8 on GPU)
+NUM_WORKERS: int = 0  # DataLoader workers when windows are cut on the CPU (0 is fastest on CPU)
+GATHER_ON_GPU: bool = True  # on a GPU, keep the scaled panel there and cut windows on it; False: NUM_WORKERS cut them
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
 
 # --- 6. evaluation, forecast and outputs -------------------------------------

@@ -39,6 +39,7 @@ import torch
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from tsfm_public import TimeSeriesPreprocessor
+from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerGatedAttention
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 from tsfm_public.toolkit.get_model import get_model
 from tsfm_public.toolkit.time_series_preprocessor import DEFAULT_FREQUENCY_MAPPING
@@ -792,48 +793,54 @@ def refit_windows(panel: Panel, *, min_context: int, stride: int) -> tuple[np.nd
 
 
 def gather_windows(
-    scaled: np.ndarray,
-    start: np.ndarray,
-    series: np.ndarray,
-    cuts: np.ndarray,
+    scaled: np.ndarray | torch.Tensor,
+    start: np.ndarray | torch.Tensor,
+    series: np.ndarray | torch.Tensor,
+    cuts: np.ndarray | torch.Tensor,
     *,
     context: int,
     horizon: int = 0,
-    target_end: int | np.ndarray | None = None,
-    drivers: np.ndarray | None = None,
-    categories: np.ndarray | None = None,
+    target_end: int | np.ndarray | torch.Tensor | None = None,
+    drivers: np.ndarray | torch.Tensor | None = None,
+    categories: np.ndarray | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batch of model inputs: `context` weeks before each cut (zero-padded, masked before a series starts).
 
     With target_end (one week, or one per window), target weeks from target_end on are zeroed and masked
     (future_observed_mask). Drivers (series, weeks, drivers) follow the targets as further channels, their future
     weeks included: the forecast channel mixing reads them there. Categories become static_categorical_values.
+    Arrays or tensors; the batch is made on scaled's device (a panel kept on the GPU is cut there).
     """
-    t = cuts[:, None] + np.arange(-context, horizon)
-    end = scaled.shape[1] if target_end is None else np.reshape(target_end, (-1, 1))
-    observed = (t >= start[series, None]) & (t >= 0) & (t < end)
-    values = scaled[series[:, None], np.clip(t, 0, scaled.shape[1] - 1)] * observed[..., None]
-    mask = np.repeat(observed[..., None], scaled.shape[2], axis=2)
+    scaled = torch.as_tensor(scaled)
+    device = scaled.device
+    start, series, cuts = (torch.as_tensor(a, device=device) for a in (start, series, cuts))
+    t = cuts[:, None] + torch.arange(-context, horizon, device=device)
+    end = scaled.shape[1] if target_end is None else torch.as_tensor(target_end, device=device).reshape(-1, 1)
+    first = start[series, None]
+    observed = (t >= first) & (t >= 0) & (t < end)
+    values = scaled[series[:, None], t.clamp(0, scaled.shape[1] - 1)].float() * observed[..., None]
+    mask = observed[..., None].repeat(1, 1, scaled.shape[2])
     if drivers is not None and drivers.shape[2]:
-        known = (t >= start[series, None]) & (t >= 0)
-        ahead = drivers[series[:, None], np.clip(t, 0, drivers.shape[1] - 1)] * known[..., None]
-        values = np.concatenate([values, ahead], axis=2)
-        mask = np.concatenate([mask, np.repeat(known[..., None], drivers.shape[2], axis=2)], axis=2)
-    batch = {
-        "past_values": torch.from_numpy(values[:, :context].astype(np.float32)),
-        "past_observed_mask": torch.from_numpy(mask[:, :context]),
-    }
+        drivers = torch.as_tensor(drivers, device=device)
+        known = (t >= first) & (t >= 0)
+        ahead = drivers[series[:, None], t.clamp(0, drivers.shape[1] - 1)].float() * known[..., None]
+        values = torch.cat([values, ahead], dim=2)
+        mask = torch.cat([mask, known[..., None].repeat(1, 1, drivers.shape[2])], dim=2)
+    batch = {"past_values": values[:, :context].contiguous(), "past_observed_mask": mask[:, :context].contiguous()}
     if horizon:
-        batch["future_values"] = torch.from_numpy(values[:, context:].astype(np.float32))
+        batch["future_values"] = values[:, context:].contiguous()
     if target_end is not None:
-        batch["future_observed_mask"] = torch.from_numpy(mask[:, context:])
+        batch["future_observed_mask"] = mask[:, context:].contiguous()
     if categories is not None:
-        batch["static_categorical_values"] = torch.from_numpy(categories[series])
+        batch["static_categorical_values"] = torch.as_tensor(categories, device=device)[series]
     return batch
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Forecast windows cut from one scaled array (no per-item pandas): what ForecastDFDataset yields, plus masks."""
+    """Forecast windows cut from one scaled array (no per-item pandas): what ForecastDFDataset yields, plus masks.
+
+    On a GPU device the panel lives there and each batch is cut there: no DataLoader workers, no copy per batch.
+    """
 
     def __init__(
         self,
@@ -844,20 +851,28 @@ class WindowDataset(torch.utils.data.Dataset):
         context: int,
         horizon: int,
         freq_token: int | None,
-        target_end: int | None = None,
+        target_end: int | np.ndarray | None = None,
         drivers: np.ndarray | None = None,
         categories: np.ndarray | None = None,
+        device: torch.device = torch.device("cpu"),
     ):
-        self.scaled, self.start, (self.series, self.cuts) = scaled, start, windows
-        self.context, self.horizon, self.freq_token, self.target_end = context, horizon, freq_token, target_end
-        self.drivers, self.categories = drivers, categories
+        """target_end: the week from which targets are masked, for every window or one per window (None: none)."""
+
+        def tensor(array: np.ndarray | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+            return None if array is None else torch.as_tensor(array, dtype=dtype, device=device)
+
+        self.scaled, self.drivers = tensor(scaled, torch.float32), tensor(drivers, torch.float32)
+        self.start, self.series, self.cuts = tensor(start), tensor(windows[0]), tensor(windows[1])
+        self.categories, self.device = tensor(categories), device
+        self.target_end = target_end if target_end is None or np.ndim(target_end) == 0 else tensor(target_end)
+        self.context, self.horizon, self.freq_token = context, horizon, freq_token
 
     def __len__(self) -> int:
         return len(self.series)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """A whole batch in one vectorised gather; the DataLoader calls this instead of __getitem__ per window."""
-        idx = np.asarray(indices)
+        idx = torch.as_tensor(indices, device=self.device)
         batch = gather_windows(
             self.scaled,
             self.start,
@@ -865,12 +880,12 @@ class WindowDataset(torch.utils.data.Dataset):
             self.cuts[idx],
             context=self.context,
             horizon=self.horizon,
-            target_end=self.target_end,
+            target_end=self.target_end[idx] if isinstance(self.target_end, torch.Tensor) else self.target_end,
             drivers=self.drivers,
             categories=self.categories,
         )
         if self.freq_token is not None:
-            batch["freq_token"] = torch.full((len(idx),), self.freq_token)
+            batch["freq_token"] = torch.full((len(idx),), self.freq_token, device=self.device)
         return batch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -952,6 +967,27 @@ def decode_targets_only(model: torch.nn.Module) -> torch.nn.Module:
             functools.partial(_targets_only, len(cfg.prediction_channel_indices)), with_kwargs=True
         )
     return model
+
+
+class ShortAxisSoftmax(torch.nn.Module):
+    """torch.nn.Softmax(dim=-1), its twin, which TTM's gated attention applies; on CPU, when the last axis is the
+    shorter of the last two, computed along the transposed axis: same values, 5x faster there. torch 2.13's CPU
+    kernel vectorises along the softmax axis, and the patch mixer's axis holds 11 patches, so it took 42% of a
+    forward on 2 cores (forward 1,300 -> 1,900 series/s, train step +10%: tests/benchmarks/bench_predict.py)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.is_cpu and inputs.dim() > 1 and inputs.shape[-1] < inputs.shape[-2]:
+            return torch.softmax(inputs.transpose(-1, -2), dim=-2).transpose(-1, -2)
+        return torch.softmax(inputs, dim=-1)
+
+
+def ready_to_run(model: torch.nn.Module) -> torch.nn.Module:
+    """A loaded TTM as the pipeline runs it (build_model, load_artifacts): decode_targets_only, and ShortAxisSoftmax
+    in every gated attention. Neither has weights: saved models stay plain granite-tsfm ones."""
+    for module in model.modules():
+        if isinstance(module, TinyTimeMixerGatedAttention):
+            module.attn_softmax = ShortAxisSoftmax()
+    return decode_targets_only(model)
 
 
 def _start_at_pretrained(model: torch.nn.Module) -> None:
@@ -1054,7 +1090,7 @@ def build_model(
             added,
         )
     _start_at_pretrained(model)
-    return decode_targets_only(model)
+    return ready_to_run(model)
 
 
 def freq_token_for(model: torch.nn.Module) -> int | None:
@@ -1140,6 +1176,7 @@ class TrainSettings:
     min_context: int
     stride: int
     horizon: int
+    gather_on_gpu: bool = True  # on a GPU, the panel lives there and windows are cut on it
 
     @classmethod
     def from_config(cls, cfg: SimpleNamespace) -> "TrainSettings":
@@ -1157,6 +1194,7 @@ class TrainSettings:
             cfg.MIN_CONTEXT_WEEKS,
             cfg.TRAIN_STRIDE,
             cfg.PREDICTION_LENGTH,
+            cfg.GATHER_ON_GPU,
         )
 
 
@@ -1173,6 +1211,13 @@ class WindowTrainer(Trainer):
         return torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), self.windows_per_epoch))
 
 
+def window_device(settings: TrainSettings) -> torch.device:
+    """Where training windows are cut: on the GPU this process trains on (GATHER_ON_GPU), else on the CPU."""
+    if settings.gather_on_gpu and torch.cuda.is_available() and not settings.use_cpu:
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: init_distributed set the local rank's
+    return torch.device("cpu")
+
+
 def window_datasets(
     data: ScaledPanel,
     windows: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -1180,9 +1225,10 @@ def window_datasets(
     model: torch.nn.Module,
     horizon: int,
     train_end: int | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> dict[str, WindowDataset]:
-    """One WindowDataset per named set of window cuts, shaped for the model (its context and frequency token); the
-    "train" set's targets from week train_end on are masked."""
+    """One WindowDataset per named set of window cuts, shaped for the model (its context and frequency token), its
+    arrays on device; the "train" set's targets from week train_end on are masked."""
     return {
         name: WindowDataset(
             data.values,
@@ -1194,6 +1240,7 @@ def window_datasets(
             target_end=train_end if name == "train" else None,
             drivers=data.drivers,
             categories=data.categories,
+            device=device,
         )
         for name, cuts in windows.items()
     }
@@ -1224,6 +1271,9 @@ def make_trainer(
     """HF Trainer on datasets "train" (and "valid" with metric: early stopping and best checkpoint on its WAPE):
     AdamW over trainable parameters, OneCycleLR over settings.epochs, TensorBoard logs. `epochs` stops sooner."""
     lr, batch_size, use_cpu, train = settings.lr, settings.batch_size, settings.use_cpu, datasets["train"]
+    on_gpu = train.device.type == "cuda"  # windows cut there: no workers, nothing to pin
+    if on_gpu and settings.workers:
+        logger.info("Windows cut on the GPU: NUM_WORKERS=%d unused (GATHER_ON_GPU=False uses it)", settings.workers)
     steps = steps_per_epoch(min(len(train), settings.windows_per_epoch or len(train)), batch_size * world_size())
     evaluate = "epoch" if metric else "no"
     args = TrainingArguments(
@@ -1246,13 +1296,13 @@ def make_trainer(
         weight_decay=settings.weight_decay,
         seed=settings.seed,
         data_seed=settings.seed,
-        dataloader_num_workers=settings.workers,
+        dataloader_num_workers=0 if on_gpu else settings.workers,
         use_cpu=use_cpu or not torch.cuda.is_available(),  # so that torchrun on CPUs trains with DDP over gloo
         label_names=["future_values"],
         remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
         save_safetensors=True,
         disable_tqdm=not sys.stderr.isatty(),
-        dataloader_pin_memory=torch.cuda.is_available() and not use_cpu,
+        dataloader_pin_memory=torch.cuda.is_available() and not use_cpu and not on_gpu,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=settings.weight_decay)
@@ -1368,32 +1418,29 @@ def forecast_scaled(
     """Point forecasts, shape (windows, horizon, targets), in scaled units. With drivers, the windows' future weeks
     carry them (targets zeroed), as the forecast channel mixing reads them.
 
-    batch_size None: 256 windows on CPU (1,430 series/s on 2 cores against 1,400 at 128 and 1,290 at 1,024;
-    tests/benchmarks/bench_predict.py), 4,096 on GPU.
+    batch_size None: 256 windows on CPU (2,040 series/s on 2 cores against 1,890 at 128 and 2,110 at 1,024, within
+    noise; tests/benchmarks/bench_predict.py), 4,096 on GPU.
     """
     model.eval()
-    device, token = next(model.parameters()).device, freq_token_for(model)
+    device = next(model.parameters()).device
     batch_size = batch_size or (256 if device.type == "cpu" else 4096)
-    series, cuts = windows
     ahead = horizon if drivers is not None and drivers.shape[2] else 0
+    data = WindowDataset(
+        scaled,
+        start,
+        windows,
+        context=model.config.context_length,
+        horizon=ahead,
+        freq_token=freq_token_for(model),
+        target_end=windows[1] if ahead else None,
+        drivers=drivers,
+        categories=categories,
+        device=device,
+    )
     out = [np.zeros((0, horizon, scaled.shape[2]), np.float32)]
-    for i in range(0, len(series), batch_size):
-        part = slice(i, i + batch_size)
-        batch = gather_windows(
-            scaled,
-            start,
-            series[part],
-            cuts[part],
-            context=model.config.context_length,
-            horizon=ahead,
-            target_end=cuts[part] if ahead else None,
-            drivers=drivers,
-            categories=categories,
-        )
+    for i in range(0, len(data), batch_size):
+        batch = data.__getitems__(range(i, min(i + batch_size, len(data))))
         batch.pop("future_observed_mask", None)
-        if token is not None:
-            batch["freq_token"] = torch.full((len(batch["past_values"]),), token)
-        batch = {k: v.to(device) for k, v in batch.items()}
         out.append(model(**batch, return_loss=False).prediction_outputs[:, :horizon].float().cpu().numpy())
     return np.concatenate(out)
 
@@ -1469,7 +1516,9 @@ def backtest_origin(
         data = scale_panel(seen, fit_group_scaler(seen, fit_end=fit_end), fit_driver_scaling(seen, fit_end=fit_end))
         model = copy.deepcopy(pretrained)
         windows = {"train": split.train, "valid": sample_windows(split.valid, settings.valid_windows, settings.seed)}
-        datasets = window_datasets(data, windows, model=model, horizon=horizon, train_end=split.valid_start)
+        datasets = window_datasets(
+            data, windows, model=model, horizon=horizon, train_end=split.valid_start, device=window_device(settings)
+        )
         metric = wape_metric(data, windows["valid"], horizon)
         trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=metric)
         training |= fine_tune(trainer, checkpoint=resume_checkpoint(out_dir, *resume))
@@ -1563,7 +1612,9 @@ def refit(
             epochs,
         )
         horizon, end = settings.horizon, len(panel.dates)
-        datasets = window_datasets(data, {"train": windows}, model=model, horizon=horizon, train_end=end)
+        datasets = window_datasets(
+            data, {"train": windows}, model=model, horizon=horizon, train_end=end, device=window_device(settings)
+        )
         trainer = make_trainer(model, datasets, out_dir=out_dir, settings=settings, metric=None, epochs=epochs)
         trainer.train(resume_from_checkpoint=resume_checkpoint(out_dir, *resume))
         model = trainer.model
@@ -1854,8 +1905,7 @@ def load_artifacts(
     needed = {part for chosen in settings["SELECTION"].values() for part in chosen.split("+")}
     folders = {"fine_tuned": final_dir, "zero_shot": final_dir / "zero_shot"}
     models = {
-        name: decode_targets_only(TinyTimeMixerForPrediction.from_pretrained(folders[name]))
-        for name in needed & set(folders)
+        name: ready_to_run(TinyTimeMixerForPrediction.from_pretrained(folders[name])) for name in needed & set(folders)
     }
     if (final_dir / "scalers.npz").exists():
         scalers = [SeriesScalers.load(final_dir / "scalers.npz")]

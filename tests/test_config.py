@@ -64,6 +64,7 @@ BAD_VALUES = {
     "DEBUG": ("maybe", "DEBUG must be True or False"),
     "FRESH_START": ("2", "FRESH_START must be True or False"),
     "USE_CPU": ("gpu", "USE_CPU must be True or False"),
+    "GATHER_ON_GPU": ("cpu", "GATHER_ON_GPU must be True or False"),
     "DATA_PATH": ("' '", "DATA_PATH=' ' is not allowed: use a CSV path"),
     "DATE_COLUMN": ("vendas", "DATE_COLUMN='vendas' is also in TARGET_COLUMNS"),
     "ID_COLUMNS": ("a,b,c,d", "ID_COLUMNS=('a', 'b', 'c', 'd') is not allowed: use 1 to 3 distinct"),

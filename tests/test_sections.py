@@ -1,5 +1,6 @@
 """Sections 2-4: weekly panel, split without leakage, scaler on train only, windows, trainable layers."""
 
+import copy
 from dataclasses import replace
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 import torch
 from conftest import HORIZON, make_panel
 from tsfm_public import ForecastDFDataset
+from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerGatedAttention
 
 from ttm_model import (
     InputError,
     SeriesScalers,
+    ShortAxisSoftmax,
     TrainSettings,
     WindowDataset,
     _scaler_frame,
@@ -252,6 +255,22 @@ def test_batched_fetch_equals_per_window_items(panel_df):
             torch.testing.assert_close(batches[b][key], expected[key])
 
 
+def test_windows_are_cut_on_the_datasets_device(panel_df):
+    """GATHER_ON_GPU: every tensor of a batch is made on the dataset's device (a GPU in use; here the meta device,
+    where a tensor left on the CPU raises), with the CPU batch's shapes and dtypes. Drivers and categories too."""
+    panel, _ = _panel(panel_df)
+    split = _split(panel)
+    n = len(panel.keys)
+    extra = {"drivers": np.ones((n, len(panel.dates) + HORIZON, 2)), "categories": np.zeros((n, 1), np.int64)}
+    kw = {"context": 30, "horizon": HORIZON, "freq_token": 9, "target_end": split.train[1], **extra}
+    cpu = WindowDataset(panel.values, panel.start, split.train, **kw).__getitems__([0, 5, 9])
+    meta = WindowDataset(panel.values, panel.start, split.train, **kw, device=torch.device("meta"))
+    batch = meta.__getitems__([0, 5, 9])
+    assert batch.keys() == cpu.keys() and len(batch) == 6
+    for key, tensor in batch.items():
+        assert (tensor.device.type, tensor.shape, tensor.dtype) == ("meta", cpu[key].shape, cpu[key].dtype), key
+
+
 def test_padding_is_masked():
     values = np.arange(1, 11, dtype=float).reshape(1, 10, 1)
     batch = gather_windows(values, np.array([4]), np.array([0]), np.array([7]), context=6, horizon=3)
@@ -271,6 +290,31 @@ def test_only_named_layers_trainable(model_dir):
     unfreeze_only(model, ("decoder*fc1", "decoder*fc2"))  # a glob: fc1/fc2 of the decoder only
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(n.startswith("decoder.") and (".fc1." in n or ".fc2." in n) for n in names)
+
+
+def test_short_axis_softmax_gives_the_library_softmaxs_forecast_and_gradients(model_dir):
+    ours = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
+    unfreeze_only(ours, ("fc1", "fc2"))
+    library = copy.deepcopy(ours)
+    for module in library.modules():
+        if isinstance(module, TinyTimeMixerGatedAttention):
+            module.attn_softmax = torch.nn.Softmax(dim=-1)
+    shapes = []
+    for module in ours.modules():
+        if isinstance(module, ShortAxisSoftmax):
+            module.register_forward_hook(lambda _, inputs, __: shapes.append(inputs[0].shape))
+    torch.manual_seed(0)
+    past, future = torch.randn(8, ours.config.context_length, 2), torch.randn(8, HORIZON, 2)
+    runs = []
+    for model in (ours, library):
+        out = model(past_values=past, future_values=future, freq_token=torch.full((8,), 9))
+        out.loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        runs.append((out.prediction_outputs.detach(), grads))
+    assert any(s[-1] < s[-2] for s in shapes) and any(s[-1] > s[-2] for s in shapes)  # both ways were taken
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-5, atol=1e-6)
+    for ours_grad, library_grad in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(ours_grad, library_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_model_errors_name_the_setting(model_dir):

@@ -193,6 +193,7 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     ttm_model.main([*argv, "--FORECAST_METHOD=fine_tuned"])
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
     models, _, _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
+    assert any(isinstance(m, ttm_model.ShortAxisSoftmax) for m in models["fine_tuned"].modules())  # ready_to_run
     with open(tmp / "final" / "preprocessor.pkl", "rb") as f:
         tsp = pickle.load(f)  # granite-tsfm's own preprocessor, as saved
     pipe = TimeSeriesForecastingPipeline(
