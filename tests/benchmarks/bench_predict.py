@@ -160,7 +160,7 @@ def main() -> None:
         )
         model.eval()
         library = library_softmax(model)
-        batches, sample = (64, 128, 256, 1024), min(args.series, 20_000)
+        batches, sample = (128, 256, 512, 1024), min(args.series, 20_000)
         bare_forward_seconds(model, min(sample, 2000), batches)  # warm-up
         bare_runs = [bare_forward_seconds(model, sample, batches)]  # before and after: a slow spell of a shared
         library_runs = [bare_forward_seconds(library, sample, (256,))]  # machine hits both sides
