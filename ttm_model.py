@@ -973,7 +973,8 @@ class ShortAxisSoftmax(torch.nn.Module):
     """torch.nn.Softmax(dim=-1), its twin, which TTM's gated attention applies; on CPU, when the last axis is the
     shorter of the last two, computed along the transposed axis: same values, 5x faster there. torch 2.13's CPU
     kernel vectorises along the softmax axis, and the patch mixer's axis holds 11 patches, so it took 42% of a
-    forward on 2 cores (forward 1,300 -> 1,900 series/s, train step +10%: tests/benchmarks/bench_predict.py)."""
+    forward on 2 cores (bare forward 1,280-1,340 -> 1,940-2,230 series/s, bare train step +7%; the bare forward
+    with torch.nn.Softmax is in tests/benchmarks/bench_predict.py)."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.is_cpu and inputs.dim() > 1 and inputs.shape[-1] < inputs.shape[-2]:
@@ -1214,7 +1215,7 @@ class WindowTrainer(Trainer):
 def window_device(settings: TrainSettings) -> torch.device:
     """Where training windows are cut: on the GPU this process trains on (GATHER_ON_GPU), else on the CPU."""
     if settings.gather_on_gpu and torch.cuda.is_available() and not settings.use_cpu:
-        return torch.device("cuda", torch.cuda.current_device())  # torchrun: init_distributed set the local rank's
+        return torch.device("cuda", torch.cuda.current_device())  # under torchrun the local rank's (init_distributed)
     return torch.device("cpu")
 
 

@@ -1,7 +1,7 @@
 """Predict-mode throughput and peak memory: read CSV -> previsoes.csv, against the bare model forward on ready tensors.
 
     python tests/benchmarks/bench_predict.py --series 2000                  # default: 2,000 series x 260 weeks
-    python tests/benchmarks/bench_predict.py --series 1000000 --weeks 156   # issue 13: a million series (~20 min)
+    python tests/benchmarks/bench_predict.py --series 1000000 --weeks 156   # issue 13: a million series (~17 min)
 
 Trains nothing: it writes a synthetic panel (in pieces of 50,000 series) and saves the pretrained model as a
 final_ttm_model/ whose preprocessor knows every series, then times `python ttm_model.py --MODE=predict` in a child
