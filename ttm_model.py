@@ -816,13 +816,12 @@ def gather_windows(
     start, series, cuts = (torch.as_tensor(a, device=device) for a in (start, series, cuts))
     t = cuts[:, None] + torch.arange(-context, horizon, device=device)
     end = scaled.shape[1] if target_end is None else torch.as_tensor(target_end, device=device).reshape(-1, 1)
-    first = start[series, None]
-    observed = (t >= first) & (t >= 0) & (t < end)
+    known = (t >= start[series, None]) & (t >= 0)  # the series has begun: drivers are known, future ones too
+    observed = known & (t < end)
     values = scaled[series[:, None], t.clamp(0, scaled.shape[1] - 1)].float() * observed[..., None]
     mask = observed[..., None].repeat(1, 1, scaled.shape[2])
     if drivers is not None and drivers.shape[2]:
         drivers = torch.as_tensor(drivers, device=device)
-        known = (t >= first) & (t >= 0)
         ahead = drivers[series[:, None], t.clamp(0, drivers.shape[1] - 1)].float() * known[..., None]
         values = torch.cat([values, ahead], dim=2)
         mask = torch.cat([mask, known[..., None].repeat(1, 1, drivers.shape[2])], dim=2)
