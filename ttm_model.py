@@ -36,8 +36,15 @@ import holidays
 import numpy as np
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import (
+    EarlyStoppingCallback,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from tsfm_public import TimeSeriesPreprocessor
 from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerGatedAttention
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
@@ -1211,6 +1218,22 @@ class WindowTrainer(Trainer):
         return torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), self.windows_per_epoch))
 
 
+class BestCheckpointOnEveryRank(TrainerCallback):
+    """Under torchrun, every rank names the best checkpoint once rank 0 has written it.
+
+    transformers 4.56's `Trainer._save_checkpoint` records the best checkpoint only if its folder already exists,
+    and only rank 0 writes it: a rank that looks first keeps None, skips the barrier before loading the best model
+    at the end of training, and rank 0 waits there forever (transformers PR #40923, released in 4.57, which
+    granite-tsfm 0.3.2 does not accept). This repeats that check after a barrier, in the `on_save` that follows."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if world_size() > 1 and state.best_global_step:
+            barrier()
+            best = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.best_global_step}")
+            if os.path.isdir(best):
+                state.best_model_checkpoint = best
+
+
 def window_device(settings: TrainSettings) -> torch.device:
     """Where training windows are cut: on the GPU this process trains on (GATHER_ON_GPU), else on the CPU."""
     if settings.gather_on_gpu and torch.cuda.is_available() and not settings.use_cpu:
@@ -1318,7 +1341,9 @@ def make_trainer(
         data_collator=collate_windows,
         compute_metrics=metric,
         preprocess_logits_for_metrics=lambda outputs, labels: outputs[0],  # the forecast, not the hidden states
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)] if metric else [],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience), BestCheckpointOnEveryRank()]
+        if metric
+        else [],
         windows_per_epoch=settings.windows_per_epoch or len(train),
     )
 
