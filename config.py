@@ -60,7 +60,7 @@ LEARNING_RATE: float = 3e-3  # OneCycleLR max_lr, the same value given to AdamW 
 WEIGHT_DECAY: float = 0.0  # AdamW weight decay (>= 0)
 NUM_TRAIN_EPOCHS: int = 30  # cap, and the length of the OneCycleLR cycle; early stopping may end sooner
 BATCH_SIZE: int = 64  # windows per step (train and eval)
-EARLY_STOPPING_PATIENCE: int = 15  # epochs without eval_loss improvement before stopping (>= 0)
+EARLY_STOPPING_PATIENCE: int = 15  # epochs without validation WAPE improvement before stopping (>= 0)
 NUM_WORKERS: int = 0  # DataLoader workers when windows are cut on the CPU (0 is fastest on CPU)
 GATHER_ON_GPU: bool = True  # on a GPU, keep the scaled panel there and cut windows on it; False: NUM_WORKERS cut them
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
@@ -75,14 +75,17 @@ FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + prepro
 
 ENV_PREFIX = "TTM_"
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
-METHODS = (  # what FORECAST_METHOD may name: single methods and the equal-weight blends the backtest scores
-    "fine_tuned",
+# The forecast methods the backtest chooses from per target, in order of preference on a tie (zero-shot first:
+# identical forecasts need no fine-tuning); a blend ("a+b") is the plain mean of its parts. FORECAST_METHOD may name
+# any of them.
+METHODS = (
     "zero_shot",
+    "fine_tuned",
     "seasonal_naive",
     "naive",
+    "zero_shot+seasonal_naive",
     "fine_tuned+zero_shot",
     "fine_tuned+seasonal_naive",
-    "zero_shot+seasonal_naive",
     "fine_tuned+zero_shot+seasonal_naive",
 )
 

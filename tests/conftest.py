@@ -13,6 +13,14 @@ SHARED_MODEL = ROOT.parent / "shared" / "ttm-weights" / "ttm-90-30-ft-l1"
 HORIZON = 8
 
 
+def settings_for(argv: list[str]):
+    """The typed settings main() builds from these command-line settings (no environment)."""
+    import config
+    from sales_forecast.settings import Settings
+
+    return Settings.of(vars(config.resolve(argv, {})))
+
+
 def make_panel(n_products: int = 3, ufs=("SP", "RJ"), n_weeks: int = 80, seed: int = 0) -> pd.DataFrame:
     """Weekly sales with season, trend and noise; product ids as text codes."""
     rng = np.random.default_rng(seed)

@@ -14,6 +14,7 @@ from conftest import ROOT, make_panel, run_args
 from transformers import TrainerControl, TrainerState
 
 import ttm_model
+from sales_forecast.training import BestCheckpointOnEveryRank
 
 
 def test_torchrun_two_processes_end_with_one_model_like_a_single_process(tmp_path, model_dir):
@@ -78,6 +79,6 @@ def _save_in_rank(rank: int, folder) -> None:
         time.sleep(2)  # rank 1 reaches on_save first, as when rank 0 is still writing the checkpoint
         (folder / "checkpoint-4").mkdir()
         state.best_model_checkpoint = str(folder / "checkpoint-4")  # what Trainer._save_checkpoint sets in rank 0
-    ttm_model.BestCheckpointOnEveryRank().on_save(SimpleNamespace(output_dir=str(folder)), state, TrainerControl())
+    BestCheckpointOnEveryRank().on_save(SimpleNamespace(output_dir=str(folder)), state, TrainerControl())
     (folder / f"rank-{rank}.txt").write_text(str(state.best_model_checkpoint))
     torch.distributed.destroy_process_group()

@@ -1,22 +1,20 @@
 """Known-future drivers: control columns, the future file, holiday flags, categories, and what-if forecasts."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import HORIZON, run_args
+from conftest import HORIZON, run_args, settings_for
 
 import ttm_model
-from sales_csv import InputError, read_sales_csv
-from ttm_model import (
-    add_drivers,
-    build_model,
-    fit_driver_scaling,
-    future_controls,
-    holiday_flags,
-    resample_weekly,
-    synthesize_sales,
-)
+from sales_forecast.artifacts import load_artifacts
+from sales_forecast.drivers import HOLIDAY, add_drivers, future_controls, holiday_flags
+from sales_forecast.model import build_model
+from sales_forecast.panel import resample_weekly
+from sales_forecast.sales_csv import InputError, read_sales_csv
+from sales_forecast.scaling import fit_driver_scaling
 
 IDS, TARGETS, CONTROLS = ("produto_cat", "uf_cat"), ("vendas", "faturamento"), ("preco", "promocao")
 
@@ -125,7 +123,7 @@ def test_future_file_missing_is_named_with_its_setting(tmp_path, model_dir):
     history.to_csv(tmp_path / "vendas.csv", index=False)
     args = run_args(tmp_path, model_dir, tmp_path / "vendas.csv", "--CONTROL_COLUMNS=preco,promocao")
     with pytest.raises(FileNotFoundError, match=r"futuro.csv: file not found; set --FUTURE_PATH="):
-        ttm_model.run_train(ttm_model.config.resolve(args, {}))
+        ttm_model.run_train(settings_for(args), fresh_start=False, synthetic_if_missing=False)
 
 
 def test_holiday_flags_per_uf_and_national():
@@ -142,6 +140,13 @@ def test_holiday_flags_per_uf_and_national():
         holiday_flags(keys, dates, "XX")
 
 
+def test_computed_drivers_are_not_asked_of_the_future_file():
+    history, future = promo_panel()
+    panel = _with_future(history, future, holiday_country="BR")
+    assert panel.driver_names == (*CONTROLS, HOLIDAY.name) and panel.control_columns == CONTROLS
+    assert [driver.computed for driver in panel.driver_specs] == [False, False, True]
+
+
 def test_driver_scaling_keeps_shares_and_puts_prices_relative_to_the_series():
     history, future = promo_panel()
     panel = _with_future(history, future, categorical=("uf_cat",))
@@ -155,7 +160,7 @@ def test_driver_scaling_keeps_shares_and_puts_prices_relative_to_the_series():
     gaps = [price[s, ~cut[s]].max() - price[s, cut[s]].min() for s in range(len(panel.keys))]
     np.testing.assert_allclose(gaps, -np.log(0.8) / scaling.spread[0], rtol=1e-4)
     assert codes[:, 0].tolist() == [0, 1] * 3  # series RJ, SP of each product; codes in sorted order
-    unseen = ttm_model.dataclasses.replace(panel, keys=panel.keys.assign(uf_cat=["SP", "BA"] * 3))
+    unseen = dataclasses.replace(panel, keys=panel.keys.assign(uf_cat=["SP", "BA"] * 3))
     assert scaling.apply(unseen)[1][:, 0].tolist() == [1, 2] * 3  # BA, unseen: the "unknown" code
 
 
@@ -182,24 +187,14 @@ def test_targets_only_backbone_gives_the_same_forecast_and_starts_at_pretrained(
         torch.testing.assert_close(driven(**inputs).prediction_outputs, pretrained)
 
 
-def test_synthetic_panel_has_drivers_with_a_lift_and_a_future_file():
-    sales, future = synthesize_sales(seed=0, date_column="date", id_columns=IDS, target_columns=TARGETS)
-    assert {"preco", "promocao"} <= set(sales.columns)
-    per_series = sales.groupby(list(IDS))
-    lift = per_series["vendas"].transform("mean")
-    ratio = (sales["vendas"] / lift)[sales["promocao"] == 1].groupby([sales[c] for c in IDS]).mean()
-    assert ratio.median() > 1.4
-    assert len(future) == per_series.ngroups * 26 and future["date"].min() > sales["date"].max()
-
-
 def test_no_drivers_builds_the_plain_model(tmp_path, model_dir):
     history, _ = promo_panel()
     history.drop(columns=list(CONTROLS)).to_csv(tmp_path / "vendas.csv", index=False)
     args = run_args(tmp_path, model_dir, tmp_path / "vendas.csv", "--HOLIDAY_COUNTRY=", "--BACKTEST_ORIGINS=1")
     ttm_model.main(args)
-    models, scalers, _, saved = ttm_model.load_artifacts(tmp_path / "final", method="fine_tuned")
-    assert not models["fine_tuned"].config.enable_forecast_channel_mixing and saved["CONTROL_COLUMNS"] == []
-    assert scalers[1].kinds == ()
+    saved = load_artifacts(tmp_path / "final", method="fine_tuned")
+    assert not saved.models["fine_tuned"].config.enable_forecast_channel_mixing
+    assert saved.settings["CONTROL_COLUMNS"] == [] and saved.drivers.kinds == ()
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +216,7 @@ def promo_run(tmp_path_factory, model_dir):
         "--HOLIDAY_COUNTRY=BR",
     )
     metrics = ttm_model.main(args)
+    assert load_artifacts(tmp / "final").settings["CONTROL_COLUMNS"] == list(CONTROLS)  # not the holiday flag
     return tmp, future, metrics
 
 
@@ -262,7 +258,7 @@ def test_predict_in_parts_reads_each_parts_future_drivers(promo_run, tmp_path):
     with pytest.raises(
         InputError, match=r"futuro_extra.csv: 1 row\(s\) with series that are not in the data, line\(s\) 50 "
     ):
-        ttm_model.run_predict(ttm_model.config.resolve(argv, {}))
+        ttm_model.run_predict(settings_for(argv))
 
 
 def test_predict_without_the_future_file_says_which_setting(promo_run, tmp_path):
@@ -284,8 +280,8 @@ def test_categories_train_and_predict_with_an_unseen_value(tmp_path, model_dir):
     future.to_csv(tmp_path / "futuro.csv", index=False)
     extra = ("--CONTROL_COLUMNS=promocao", f"--FUTURE_PATH={tmp_path / 'futuro.csv'}", "--CATEGORICAL_COLUMNS=uf_cat")
     ttm_model.main(run_args(tmp_path, model_dir, tmp_path / "vendas.csv", *extra, "--BACKTEST_ORIGINS=1"))
-    models, scalers, _, _ = ttm_model.load_artifacts(tmp_path / "final", method="fine_tuned")
-    assert models["fine_tuned"].config.categorical_vocab_size_list == [3]
+    saved = load_artifacts(tmp_path / "final", method="fine_tuned")
+    assert saved.models["fine_tuned"].config.categorical_vocab_size_list == [3]
     history.assign(uf_cat=history["uf_cat"].replace("RJ", "BA")).to_csv(tmp_path / "novos.csv", index=False)
     future.assign(uf_cat=future["uf_cat"].replace("RJ", "BA")).to_csv(tmp_path / "futuro_novos.csv", index=False)
     out = ttm_model.main(

@@ -15,9 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import HORIZON, ROOT, make_panel, run_args
+from conftest import HORIZON, ROOT, make_panel, run_args, settings_for
 
+import config
 import ttm_model
+from sales_forecast.artifacts import check_output_dirs, load_artifacts
+from sales_forecast.model import ShortAxisSoftmax
+from sales_forecast.sales_csv import InputError
 
 
 def _digest(folder):
@@ -66,12 +70,12 @@ def test_training_run_writes_everything(trained):
     assert all(o["training"]["epochs"] == 1 and o["training"]["train_windows_per_s"] > 0 for o in origins)
     assert metrics["forecast_series_per_s"] > 0
     assert set(metrics["metrics"]) == set(metrics["selection"]) == {"vendas", "faturamento"}
-    assert set(metrics["metrics"]["vendas"]) == set(ttm_model.CANDIDATES)
+    assert set(metrics["metrics"]["vendas"]) == set(config.METHODS)
     for target, chosen in metrics["selection"].items():  # the winner has the lowest mean backtest WAPE
         assert chosen["wape"] == min(m["wape"] for m in metrics["metrics"][target].values())
     assert list((results / "logs").rglob("events.out.tfevents*"))
     per_series = pd.read_csv(results / "metricas_por_serie.csv")
-    assert len(per_series) == 2 * 6 * 2 * len(ttm_model.CANDIDATES) and per_series["wape"].notna().all()
+    assert len(per_series) == 2 * 6 * 2 * len(config.METHODS) and per_series["wape"].notna().all()
     assert set(per_series["origin"]) == {"2023-03-26", "2023-05-21"}
     assert {"forecast_01.png", "backtest_01.png", "accuracy_by_method.png"} <= set(os.listdir(results / "plots"))
 
@@ -154,30 +158,28 @@ def test_predict_mode_errors(trained, tmp_path):
     pd.DataFrame({"date": months, "produto_cat": "001", "uf_cat": "SP", "vendas": 1.0, "faturamento": 2.0}).to_csv(
         monthly, index=False
     )
-    with pytest.raises(ttm_model.InputError, match="looks monthly"):
+    with pytest.raises(InputError, match="looks monthly"):
         ttm_model.run_predict(
-            ttm_model.config.resolve(
+            settings_for(
                 [
                     "--MODE=predict",
                     f"--DATA_PATH={monthly}",
                     f"--FINAL_MODEL_DIR={tmp / 'final'}",
                     f"--RESULTS_DIR={tmp_path}",
-                ],
-                {},
+                ]
             )
         )
     no_revenue = tmp_path / "no_rev.csv"
     make_panel().drop(columns="faturamento").to_csv(no_revenue, index=False)
-    with pytest.raises(ttm_model.InputError, match="missing column\\(s\\) 'faturamento'"):
+    with pytest.raises(InputError, match="missing column\\(s\\) 'faturamento'"):
         ttm_model.run_predict(
-            ttm_model.config.resolve(
+            settings_for(
                 [
                     "--MODE=predict",
                     f"--DATA_PATH={no_revenue}",
                     f"--FINAL_MODEL_DIR={tmp / 'final'}",
                     f"--RESULTS_DIR={tmp_path}",
-                ],
-                {},
+                ]
             )
         )
 
@@ -192,8 +194,8 @@ def test_forecasts_equal_granite_pipeline(trained, tmp_path):
     argv = ["--MODE=predict", f"--DATA_PATH={path}", f"--FINAL_MODEL_DIR={tmp / 'final'}", f"--RESULTS_DIR={tmp_path}"]
     ttm_model.main([*argv, "--FORECAST_METHOD=fine_tuned"])
     ours = pd.read_csv(tmp_path / "previsoes.csv", dtype={"produto_cat": str})
-    models, _, _, _ = ttm_model.load_artifacts(tmp / "final", method="fine_tuned")
-    assert any(isinstance(m, ttm_model.ShortAxisSoftmax) for m in models["fine_tuned"].modules())  # ready_to_run
+    models = load_artifacts(tmp / "final", method="fine_tuned").models
+    assert any(isinstance(m, ShortAxisSoftmax) for m in models["fine_tuned"].modules())  # ready_to_run
     with open(tmp / "final" / "preprocessor.pkl", "rb") as f:
         tsp = pickle.load(f)  # granite-tsfm's own preprocessor, as saved
     pipe = TimeSeriesForecastingPipeline(
@@ -234,11 +236,11 @@ def test_tampered_or_foreign_preprocessor_refused(trained, tmp_path):
     shutil.copytree(tmp / "final", copy)
     with open(copy / "preprocessor.pkl", "ab") as f:
         f.write(b"x")
-    with pytest.raises(ttm_model.InputError, match=r"preprocessor.pkl: missing or changed .*sha256 mismatch"):
-        ttm_model.load_artifacts(copy)
+    with pytest.raises(InputError, match=r"preprocessor.pkl: missing or changed .*sha256 mismatch"):
+        load_artifacts(copy)
     (copy / "manifest.json").unlink()
-    with pytest.raises(ttm_model.InputError, match="no manifest.json, so not a folder written by ttm_model.py"):
-        ttm_model.load_artifacts(copy)
+    with pytest.raises(InputError, match="no manifest.json, so not a folder written by ttm_model.py"):
+        load_artifacts(copy)
 
 
 def test_model_folder_without_intervals_still_predicts(trained, tmp_path, caplog):
@@ -251,7 +253,7 @@ def test_model_folder_without_intervals_still_predicts(trained, tmp_path, caplog
     (copy / "manifest.json").write_text(json.dumps(manifest))
     caplog.set_level(logging.WARNING)
     argv = ["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={copy}", f"--RESULTS_DIR={tmp_path}"]
-    ttm_model.run_predict(ttm_model.config.resolve(argv, {}))  # main() would reset the log handlers caplog reads
+    ttm_model.run_predict(settings_for(argv))  # main() would reset the log handlers caplog reads
     future = pd.read_csv(tmp_path / "previsoes.csv")
     assert "no conformal.pkl" in caplog.text
     assert {"vendas", "faturamento"} <= set(future.columns) and not future.filter(like="_lower").columns.size
@@ -261,10 +263,10 @@ def test_model_folder_without_intervals_still_predicts(trained, tmp_path, caplog
 def test_unwritable_output_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ttm_model.InputError, match="cannot write there"):
-        ttm_model.check_output_dirs([blocker / "results"], 1)
-    with pytest.raises(ttm_model.InputError, match="MB free, MIN_FREE_DISK_MB="):
-        ttm_model.check_output_dirs([tmp_path], 10**12)
+    with pytest.raises(InputError, match="cannot write there"):
+        check_output_dirs([blocker / "results"], 1)
+    with pytest.raises(InputError, match="MB free, MIN_FREE_DISK_MB="):
+        check_output_dirs([tmp_path], 10**12)
 
 
 def test_same_seed_same_backtest_and_forecast(trained, model_dir, tmp_path):

@@ -31,13 +31,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_predict import synthetic_panel  # noqa: E402
 
+import config  # noqa: E402
 import ttm_model  # noqa: E402
-from evaluation import evaluate_methods, mase_scale, mean_over_origins  # noqa: E402
+from sales_forecast.evaluation import evaluate_methods, mase_scale, mean_over_origins  # noqa: E402
+from sales_forecast.model import build_model, unfreeze_only, window_shape  # noqa: E402
+from sales_forecast.panel import Panel, resample_weekly  # noqa: E402
+from sales_forecast.sales_csv import read_sales_csv  # noqa: E402
+from sales_forecast.settings import BacktestSettings  # noqa: E402
+from sales_forecast.windows import Split, backtest_splits  # noqa: E402
 
 CLASSICAL = ("seasonal_naive", "naive", "AutoETS", "AutoTheta")
 
 
-def classical_forecasts(panel: ttm_model.Panel, split: ttm_model.Split, horizon: int) -> dict[str, np.ndarray]:
+def classical_forecasts(panel: Panel, split: Split, horizon: int) -> dict[str, np.ndarray]:
     """AutoETS and AutoTheta (season 52) from each test series' own history, clipped at 0 like the model's."""
     from statsforecast import StatsForecast
     from statsforecast.models import AutoETS, AutoTheta
@@ -69,21 +75,21 @@ def classical_forecasts(panel: ttm_model.Panel, split: ttm_model.Split, horizon:
 def bare_train_step(cfg, n_steps: int = 30) -> float:
     """Windows/s of forward + backward + AdamW step on ready tensors: the same model, trainable layers and batch."""
     device = "cuda" if torch.cuda.is_available() and not cfg.USE_CPU else "cpu"
-    model = ttm_model.build_model(
+    model = build_model(
         cfg.PRETRAINED_MODEL,
         context_length=cfg.CONTEXT_LENGTH,
         prediction_length=cfg.PREDICTION_LENGTH,
         prefer_l1=cfg.PREFER_L1_LOSS,
         num_channels=len(cfg.TARGET_COLUMNS),
     ).to(device)
-    ttm_model.unfreeze_only(model, cfg.TRAINABLE_LAYERS)
+    unfreeze_only(model, cfg.TRAINABLE_LAYERS)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     b, n = cfg.BATCH_SIZE, len(cfg.TARGET_COLUMNS)
     batch = {
         "past_values": torch.randn(b, model.config.context_length, n, device=device),
         "future_values": torch.randn(b, cfg.PREDICTION_LENGTH, n, device=device),
-        "freq_token": torch.full((b,), ttm_model.DEFAULT_FREQUENCY_MAPPING["W"], device=device),
+        "freq_token": torch.full((b,), window_shape(model)["freq_token"], device=device),
     }
     for step in range(n_steps + 5):
         if step == 5:  # after warm-up
@@ -117,25 +123,20 @@ def main() -> None:
                 chunk = synthetic_panel(min(2000, n_series - first), n_weeks, seed=first, first=first)
                 chunk.to_csv(data, index=False, mode="a", header=first == 0)
         argv = [f"--DATA_PATH={data}", f"--RESULTS_DIR={tmp}/results", f"--FINAL_MODEL_DIR={tmp}/final", *overrides]
-        cfg = ttm_model.config.resolve(argv, {})
+        cfg = config.resolve(argv, {})
         t0 = time.perf_counter()
         metrics = ttm_model.main(argv)
         wall = time.perf_counter() - t0
         peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         bare = bare_train_step(cfg)
 
-        sales = ttm_model.read_sales_csv(
+        sales = read_sales_csv(
             data, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
         )
-        panel, _ = ttm_model.resample_weekly(
+        panel, _ = resample_weekly(
             sales, date_column=cfg.DATE_COLUMN, id_columns=cfg.ID_COLUMNS, target_columns=cfg.TARGET_COLUMNS
         )
-        splits = ttm_model.backtest_splits(
-            panel,
-            origins=cfg.BACKTEST_ORIGINS,
-            step=cfg.BACKTEST_STEP,
-            settings=ttm_model.TrainSettings.from_config(cfg),
-        )
+        splits = backtest_splits(panel, backtest=BacktestSettings.of(vars(cfg)), horizon=cfg.PREDICTION_LENGTH)
         per_origin = [o["metrics"] for o in metrics["backtest"]["origins"]]
         if not args.no_classical:
             t1 = time.perf_counter()

@@ -28,7 +28,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-import ttm_model  # noqa: E402
+from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerGatedAttention  # noqa: E402
+
+import config  # noqa: E402
+from sales_forecast.artifacts import save_artifacts  # noqa: E402
+from sales_forecast.forecast import forecast_scaled  # noqa: E402
+from sales_forecast.intervals import fit_intervals  # noqa: E402
+from sales_forecast.model import build_model  # noqa: E402
+from sales_forecast.panel import resample_weekly  # noqa: E402
+from sales_forecast.scaling import fit_driver_scaling, fit_group_scaler, scale_panel  # noqa: E402
 
 PIECE = 50_000  # series generated, and scalers fitted, at a time
 CHILD = """
@@ -65,9 +73,9 @@ def synthetic_panel(n_series: int, n_weeks: int, seed: int = 0, first: int = 0) 
 
 def write_panel_and_model(args: argparse.Namespace, tmp: Path) -> list[str]:
     """The synthetic CSV and a final_ttm_model/ for it; returns the predict command line's settings."""
-    cfg = ttm_model.config.resolve([f"--FINAL_MODEL_DIR={tmp / 'final'}"], {})
+    cfg = config.resolve([f"--FINAL_MODEL_DIR={tmp / 'final'}"], {})
     columns = {"date_column": "date", "id_columns": cfg.ID_COLUMNS, "target_columns": cfg.TARGET_COLUMNS}
-    model = ttm_model.build_model(args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
+    model = build_model(args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
     tsp = writer = conformal = drivers = anchor = None
     for piece, first in enumerate(range(0, args.series, PIECE)):
         df = synthetic_panel(min(PIECE, args.series - first), args.weeks, seed=piece, first=first)
@@ -75,24 +83,22 @@ def write_panel_and_model(args: argparse.Namespace, tmp: Path) -> list[str]:
         table = table.set_column(0, "date", table["date"].cast(pa.date32()))
         writer = writer or pa_csv.CSVWriter(tmp / "novos.csv", table.schema)
         writer.write_table(table)
-        panel, anchor = ttm_model.resample_weekly(df, **columns)
+        panel, anchor = resample_weekly(df, **columns)
         fit_end = np.full(len(panel.keys), len(panel.dates) - 52)
-        fitted = ttm_model.fit_group_scaler(panel, fit_end=fit_end)
+        fitted = fit_group_scaler(panel, fit_end=fit_end)
         if tsp is None:  # intervals and driver scaling (none) from the first piece
-            tsp, drivers = fitted, ttm_model.fit_driver_scaling(panel, fit_end=fit_end)
-            scaled = ttm_model.scale_panel(panel, tsp).values
+            tsp, drivers = fitted, fit_driver_scaling(panel, fit_end=fit_end)
+            scaled = scale_panel(panel, tsp)
             valid = (np.arange(len(panel.keys)), fit_end)
-            y_valid = scaled[valid[0][:, None], valid[1][:, None] + np.arange(26)]
-            forecast = ttm_model.forecast_scaled(model, scaled, panel.start, valid, horizon=26)
-            conformal = ttm_model.fit_intervals(y_valid, forecast, 0.8)
+            y_valid = scaled.values[valid[0][:, None], valid[1][:, None] + np.arange(26)]
+            forecast = forecast_scaled(model, scaled, valid, horizon=26)
+            conformal = fit_intervals(y_valid, forecast, 0.8)
         else:
             tsp.target_scaler_dict.update(fitted.target_scaler_dict)
     writer.close()
     selection = dict.fromkeys(cfg.TARGET_COLUMNS, "fine_tuned")  # one forward pass per series, as timed below
     settings = {**vars(cfg), "WEEK_ANCHOR": anchor, "SELECTION": selection, "HOLIDAY_COUNTRY": ""}  # no drivers
-    ttm_model.save_artifacts(
-        {"fine_tuned": model, "zero_shot": model}, (tsp, drivers), conformal, settings, tmp / "final"
-    )
+    save_artifacts({"fine_tuned": model, "zero_shot": model}, (tsp, drivers), conformal, settings, tmp / "final")
     return [
         "--MODE=predict",
         f"--DATA_PATH={tmp / 'novos.csv'}",
@@ -136,7 +142,7 @@ def library_softmax(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of the model with granite-tsfm's own softmax (torch.nn.Softmax) in every gated attention."""
     library = copy.deepcopy(model)
     for module in library.modules():
-        if isinstance(module, ttm_model.TinyTimeMixerGatedAttention):
+        if isinstance(module, TinyTimeMixerGatedAttention):
             module.attn_softmax = torch.nn.Softmax(dim=-1)
     return library
 
@@ -155,9 +161,7 @@ def main() -> None:
         argv = write_panel_and_model(args, Path(tmp))
         size_gb, seconds = (Path(tmp) / "novos.csv").stat().st_size / 2**30, time.perf_counter() - t0
         print(f"wrote {args.series} series x {args.weeks} weeks ({size_gb:.1f} GB CSV) in {seconds:.0f} s")
-        model = ttm_model.build_model(
-            args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2
-        )
+        model = build_model(args.model, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
         model.eval()
         library = library_softmax(model)
         batches, sample = (128, 256, 512, 1024), min(args.series, 20_000)

@@ -1,4 +1,5 @@
-"""Section 1 and the bad-input corpus: every awkward file is either repaired with a warning or rejected in one line."""
+"""The sales CSV and the bad-input corpus: every awkward file is either repaired with a warning or rejected in one
+line; a large file split by series reads like the whole one; previsoes.csv written back as read."""
 
 import hashlib
 import logging
@@ -11,12 +12,13 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_panel
 
-from sales_csv import InputError, read_sales_csv, split_sales_csv, write_forecasts
-from ttm_model import TrainSettings, backtest_splits, forecast_frame, resample_weekly, synthesize_sales
+from sales_forecast.forecast import forecast_frame
+from sales_forecast.panel import resample_weekly
+from sales_forecast.sales_csv import InputError, read_sales_csv, split_sales_csv, write_forecasts
+from sales_forecast.settings import BacktestSettings
+from sales_forecast.windows import backtest_splits
 
-SETTINGS = TrainSettings(
-    1e-3, 0.0, 1, 8, 1, 0, 0, True, windows_per_epoch=0, valid_windows=0, min_context=8, stride=1, horizon=8
-)
+BACKTEST = BacktestSettings(backtest_origins=1, backtest_step=8, min_context_weeks=8, train_stride=1)
 KW = {"date_column": "date", "id_columns": ("produto_cat", "uf_cat"), "target_columns": ("vendas", "faturamento")}
 
 
@@ -125,7 +127,7 @@ def _load_split(path):
     panel, _ = resample_weekly(
         df, date_column="date", id_columns=KW["id_columns"], target_columns=KW["target_columns"], source=str(path)
     )
-    backtest_splits(panel, origins=1, step=8, settings=SETTINGS)
+    backtest_splits(panel, backtest=BACKTEST, horizon=8)
     return df, panel
 
 
@@ -297,17 +299,3 @@ def test_text_ids_round_trip_to_the_forecast_file(tmp_path):
     assert list(back["date"][:horizon]) == ["2022-03-27", "2022-04-03", "2022-04-10"]  # weeks after 2022-03-20
     np.testing.assert_array_equal(back["vendas_upper"], (point[..., 0] * 1.1).round(4).ravel())
     assert back["new_series"].dtype == bool and not back["new_series"].any()
-
-
-@pytest.mark.parametrize(
-    "ids, targets",
-    [(("sku",), ("receita",)), (("loja", "sku", "canal"), ("vendas", "faturamento", "margem"))],
-)
-def test_synthetic_panel_honours_column_settings(ids, targets):
-    df, future = synthesize_sales(
-        seed=0, date_column="semana", id_columns=ids, target_columns=targets, n_products=2, ufs=("SP", "RJ")
-    )
-    assert list(df.columns) == ["semana", *ids, *targets, "preco", "promocao"]
-    assert list(future.columns) == ["semana", *ids, "preco", "promocao"] and len(future) == 4 * 26
-    assert df.groupby(list(ids)).ngroups == 4 and (df[list(targets)] >= 0).all().all()
-    assert df[targets[0]].sum() > 0 and pd.api.types.is_datetime64_any_dtype(df["semana"])

@@ -1,4 +1,4 @@
-"""Reading and validating the sales CSV, and writing previsoes.csv (used by ttm_model.py; never imports it)."""
+"""The sales CSV: read and validated whole or split by series into parts, and previsoes.csv written atomically."""
 
 import csv
 import difflib
@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-logger = logging.getLogger("ttm_model")
+logger = logging.getLogger(__name__)
 
 
 class InputError(ValueError):

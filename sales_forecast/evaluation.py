@@ -1,4 +1,4 @@
-"""Metrics, baselines, metric tables and plots in original units (used by ttm_model.py; never imports it).
+"""Accuracy in original units: error metrics, the MASE scale, metric tables, metricas.json and the plots.
 
 Metric functions take plain arrays with the same parameter names everywhere (utilsforecast's habit).
 """
@@ -6,12 +6,13 @@ Metric functions take plain arrays with the same parameter names everywhere (uti
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-logger = logging.getLogger("ttm_model")
+from sales_forecast.panel import Panel
+
+logger = logging.getLogger(__name__)
 
 
 def mase_scale(values: np.ndarray, start: np.ndarray, end: int) -> np.ndarray:
@@ -25,17 +26,6 @@ def mase_scale(values: np.ndarray, start: np.ndarray, end: int) -> np.ndarray:
         diff = np.abs(values[rows, lag_value:] - values[rows, :-lag_value]) * valid[..., None]
         scale[rows] = diff.sum(1) / np.maximum(valid.sum(1), 1)[:, None]
     return scale
-
-
-def baseline_forecasts(
-    values: np.ndarray, start: np.ndarray, windows: tuple[np.ndarray, np.ndarray], horizon: int
-) -> dict[str, np.ndarray]:
-    """Seasonal naive (same week last year; last value when the series is younger) and naive (last value)."""
-    series, cuts = windows
-    naive = np.repeat(values[series, cuts - 1][:, None], horizon, axis=1)
-    t = cuts[:, None] + np.arange(horizon) - 52
-    seasonal = np.where((t >= start[series, None])[..., None], values[series[:, None], np.maximum(t, 0)], naive)
-    return {"seasonal_naive": seasonal, "naive": naive}
 
 
 def error_metrics(y: np.ndarray, pred: np.ndarray, scale: np.ndarray | float) -> dict[str, float | np.ndarray]:
@@ -71,24 +61,6 @@ def evaluate_methods(
     return pd.concat(rows, ignore_index=True), overall
 
 
-BLENDS = (  # zero-shot first: on a tie (no fine-tuning happened) the pretrained model is preferred
-    "zero_shot+seasonal_naive",
-    "fine_tuned+zero_shot",
-    "fine_tuned+seasonal_naive",
-    "fine_tuned+zero_shot+seasonal_naive",
-)
-
-
-def blend(forecasts: dict[str, np.ndarray], method: str) -> np.ndarray:
-    """The forecast of `method`: one of forecasts, or the plain mean of several joined by "+"."""
-    return np.mean([forecasts[part] for part in method.split("+")], axis=0)
-
-
-def with_blends(forecasts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The forecasts plus the equal-weight blends of the pretrained, fine-tuned and seasonal naive forecasts."""
-    return forecasts | {name: blend(forecasts, name) for name in BLENDS}
-
-
 def mean_over_origins(per_origin: list[dict]) -> tuple[dict, dict]:
     """Mean and standard deviation over origins of each target x method x metric (pooled per origin)."""
     mean, spread = {}, {}
@@ -99,24 +71,6 @@ def mean_over_origins(per_origin: list[dict]) -> tuple[dict, dict]:
                 mean.setdefault(target, {}).setdefault(method, {})[name] = float(np.mean(values))
                 spread.setdefault(target, {}).setdefault(method, {})[name] = float(np.std(values))
     return mean, spread
-
-
-def select_methods(mean: dict, candidates: tuple) -> dict[str, dict]:
-    """Per target, the candidate with the lowest mean backtest WAPE (ties: the earlier candidate), with its margin
-    over the pretrained model and over the runner-up."""
-    selection = {}
-    for target, by_method in mean.items():
-        ranked = sorted(candidates, key=lambda m: (by_method[m]["wape"], candidates.index(m)))
-        best, runner_up = by_method[ranked[0]]["wape"], by_method[ranked[1]]["wape"]
-        selection[target] = {
-            "method": ranked[0],
-            "wape": best,
-            "zero_shot_wape": by_method["zero_shot"]["wape"],
-            "vs_zero_shot": best / by_method["zero_shot"]["wape"],
-            "runner_up": ranked[1],
-            "runner_up_wape": runner_up,
-        }
-    return selection
 
 
 def metric_table(overall: dict) -> str:
@@ -147,6 +101,7 @@ def write_metrics(metrics: dict, per_series: pd.DataFrame, results: Path) -> Non
                 for name, value in m.items():
                     writer.add_scalar(f"{prefix}/{target}/{method}/{name}", value, step)
     writer.close()
+    logger.info("Metrics in %s: metricas.json, metricas_por_serie.csv, TensorBoard logs/backtest", results)
 
 
 def _plot_forecast(ax, rows: pd.DataFrame, target: str, date_column: str, level: float) -> None:
@@ -163,7 +118,7 @@ def _plot_forecast(ax, rows: pd.DataFrame, target: str, date_column: str, level:
 
 
 def plot_results(
-    panel: Any,
+    panel: Panel,
     future: pd.DataFrame,
     last_origin: pd.DataFrame,
     overall: dict,
@@ -176,8 +131,7 @@ def plot_results(
     last backtest origin did, its forecast and interval against the actual weeks (backtest_NN.png); and the mean
     backtest WAPE by method.
 
-    panel: ttm_model's weekly Panel (keys, dates, values, start); future and last_origin: previsoes.csv-like frames,
-    dates first (last_origin: for the last origin's test window).
+    future and last_origin: previsoes.csv-like frames, dates first (last_origin: for the last origin's test window).
     """
     import matplotlib
 

@@ -1,0 +1,8 @@
+"""Weekly sales forecasting with IBM's TinyTimeMixer: the modules that `ttm_model.py` runs, one job each.
+
+settings (typed settings per concern), sales_csv (CSV in and out), inputs (the data of a run), panel (weekly
+resampling), drivers (known-future inputs), scaling (how values enter the model), windows (origins, splits,
+windows), model (TTM loaded and adapted), distributed (processes and devices), training (the HF Trainer), forecast
+(forecasts by method, as rows), evaluation (metrics, baselines, plots), selection (backtest scores, choice,
+intervals), artifacts (the model folder). Nothing here imports ttm_model.
+"""

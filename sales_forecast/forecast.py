@@ -1,0 +1,146 @@
+"""Forecasts by method (baselines, TTM models, their blends) in original units, and previsoes.csv's rows."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
+
+from sales_forecast.intervals import interval_bounds
+from sales_forecast.model import window_shape
+from sales_forecast.scaling import ScaledPanel
+from sales_forecast.windows import Windows, future_windows, window_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def method_parts(method: str) -> tuple[str, ...]:
+    """The forecasts a method is made of: itself, or the parts of a blend such as fine_tuned+zero_shot."""
+    return tuple(method.split("+"))
+
+
+def blend(forecasts: dict[str, np.ndarray], method: str) -> np.ndarray:
+    """The forecast of `method`: one of forecasts, or the plain mean of a blend's parts."""
+    return np.mean([forecasts[part] for part in method_parts(method)], axis=0)
+
+
+def with_blends(forecasts: dict[str, np.ndarray], methods: tuple) -> dict[str, np.ndarray]:
+    """The forecasts plus those of the blends among methods (equal weights)."""
+    return forecasts | {name: blend(forecasts, name) for name in methods if len(method_parts(name)) > 1}
+
+
+def selected_forecast(forecasts: dict[str, np.ndarray], selection: dict[str, str]) -> np.ndarray:
+    """The forecast of each target by its selected method (a single method or a blend)."""
+    return np.stack([blend(forecasts, method)[..., c] for c, method in enumerate(selection.values())], axis=-1)
+
+
+def baseline_forecasts(values: np.ndarray, start: np.ndarray, windows: Windows, horizon: int) -> dict[str, np.ndarray]:
+    """Seasonal naive (same week last year; last value when the series is younger) and naive (last value)."""
+    series, cuts = windows
+    naive = np.repeat(values[series, cuts - 1][:, None], horizon, axis=1)
+    t = cuts[:, None] + np.arange(horizon) - 52
+    seasonal = np.where((t >= start[series, None])[..., None], values[series[:, None], np.maximum(t, 0)], naive)
+    return {"seasonal_naive": seasonal, "naive": naive}
+
+
+@torch.no_grad()
+def forecast_scaled(
+    model: torch.nn.Module, data: ScaledPanel, windows: Windows, *, horizon: int, batch_size: int | None = None
+) -> np.ndarray:
+    """Point forecasts, shape (windows, horizon, targets), in scaled units. With drivers, the windows' future weeks
+    carry them (targets zeroed), as the forecast channel mixing reads them.
+
+    batch_size None: 512 windows on CPU (median of 3 on 2 cores: 1,940 series/s against 1,580 at 256 and 1,710 at
+    1,024), 4,096 on GPU.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    batch_size = batch_size or (512 if device.type == "cpu" else 4096)
+    ahead = horizon if data.drivers is not None and data.drivers.shape[2] else 0
+    dataset = window_dataset(
+        data,
+        windows,
+        **window_shape(model),
+        horizon=ahead,
+        target_end=windows[1] if ahead else None,
+        device=device,
+    )
+    out = [np.zeros((0, horizon, data.values.shape[2]), np.float32)]
+    for i in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(range(i, min(i + batch_size, len(dataset))))
+        batch.pop("future_observed_mask", None)
+        out.append(model(**batch, return_loss=False).prediction_outputs[:, :horizon].float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def method_forecasts(
+    models: dict[str, torch.nn.Module], data: ScaledPanel, windows: Windows, *, horizon: int
+) -> dict[str, np.ndarray]:
+    """The baselines and each model's forecast of the windows, in original units (backtest origins and the future)."""
+    forecasts = baseline_forecasts(data.panel.values, data.panel.start, windows, horizon)
+    for name, model in models.items():
+        scaled = forecast_scaled(model, data, windows, horizon=horizon)
+        forecasts[name] = data.scaling.invert(scaled, windows[0])
+    return forecasts
+
+
+def forecast_frame(
+    keys: pd.DataFrame,
+    point: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    dates: pd.DatetimeIndex,
+    targets: tuple,
+    date_column: str,
+    new_series: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """previsoes.csv rows: every series (keys) x dates, point forecast and bounds per target."""
+    horizon = point.shape[1]
+    frame = pd.DataFrame({date_column: np.tile(dates, len(keys))})
+    for col in keys.columns:
+        frame[col] = np.repeat(keys[col].to_numpy(), horizon)
+    for c, target in enumerate(targets):
+        frame[target] = point[..., c].ravel()
+        if bounds is not None:
+            frame[f"{target}_lower"] = bounds[0][..., c].ravel()
+            frame[f"{target}_upper"] = bounds[1][..., c].ravel()
+    if new_series is not None:
+        frame["new_series"] = np.repeat(new_series, horizon)
+    return frame
+
+
+def forecast_future(
+    models: dict[str, torch.nn.Module],
+    data: ScaledPanel,
+    conformal: PostHocProbabilisticProcessor | None,
+    selection: dict[str, str],
+    *,
+    horizon: int,
+    date_column: str,
+) -> pd.DataFrame:
+    """previsoes.csv rows: every series forecast from its last week by each target's selected method (point and
+    bounds, original units); series the scaler did not know are flagged new_series."""
+    panel = data.panel
+    needed = {part for method in selection.values() for part in method_parts(method)}
+    forecasts = method_forecasts(
+        {n: m for n, m in models.items() if n in needed}, data, future_windows(panel), horizon=horizon
+    )
+    point = selected_forecast(forecasts, selection)
+    logger.info(
+        "Forecast of %d series x %d weeks by %s",
+        len(panel.keys),
+        horizon,
+        ", ".join(f"{target}: {method}" for target, method in selection.items()),
+    )
+    bounds = None if conformal is None else interval_bounds(conformal, point, data.scaling.scale)
+    dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
+    return forecast_frame(
+        panel.keys,
+        point,
+        bounds,
+        dates=dates,
+        targets=panel.targets,
+        date_column=date_column,
+        new_series=~data.scaling.known,
+    )

@@ -1,0 +1,66 @@
+"""The weekly panel: daily and weekly rows summed into weeks, gaps filled, equal to pandas' groupby + resample."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_panel
+
+from sales_forecast.panel import is_share, resample_weekly
+
+IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
+
+
+def _panel(df):
+    return resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
+
+
+def test_resample_daily_sums_into_weeks_and_fills_gaps():
+    days = pd.date_range("2024-01-01", periods=28, freq="D")  # Monday..Sunday x 4
+    df = pd.DataFrame({"date": days, "produto_cat": "A", "uf_cat": "SP", "vendas": 1.0, "faturamento": 2.0})
+    df = df[(df["date"] < "2024-01-08") | (df["date"] >= "2024-01-15")]  # week 2 missing entirely
+    panel, anchor = _panel(df)
+    assert anchor == "W-SUN"
+    assert list(panel.dates.strftime("%Y-%m-%d")) == ["2024-01-07", "2024-01-14", "2024-01-21", "2024-01-28"]
+    np.testing.assert_array_equal(panel.values[0, :, 0], [7, 0, 7, 7])
+
+
+def test_weekly_input_keeps_its_weekday():
+    df = make_panel(n_weeks=10)
+    df["date"] = df["date"] + pd.Timedelta(days=3)  # Wednesdays
+    panel, anchor = _panel(df)
+    assert anchor == "W-WED" and (panel.dates.dayofweek == 2).all()
+    np.testing.assert_allclose(panel.values.sum(), df[list(TARGETS)].to_numpy().sum())
+
+
+@pytest.mark.parametrize("anchor", ["auto", "W-WED"])
+def test_resample_equals_pandas_groupby_resample(anchor, caplog):
+    """Messy daily rows (shuffled, duplicated, gaps, late starters) give pandas' groupby + resample sums."""
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2023-01-03", periods=400, freq="D")
+    rows = pd.DataFrame(
+        {
+            "date": rng.choice(days, 3000),
+            "produto_cat": rng.choice(["10", "2", "B"], 3000),
+            "uf_cat": rng.choice(["SP", "RJ", "MG", "BA"], 3000),
+            "vendas": rng.integers(0, 9, 3000).astype(float),
+            "faturamento": rng.random(3000) * 100,
+        }
+    )
+    rows = rows[~((rows["produto_cat"] == "B") & (rows["date"] < "2023-09-01"))]  # a series that starts late
+    panel, used = resample_weekly(rows, date_column="date", id_columns=IDS, target_columns=TARGETS, anchor=anchor)
+    expected = rows.set_index("date").groupby(list(IDS))[list(TARGETS)].resample(used).sum().reset_index()
+    assert "duplicate" in caplog.text and "out of date order" in caplog.text
+    assert panel.keys.to_dict("records") == expected[list(IDS)].drop_duplicates().to_dict("records")
+    for s, key in enumerate(panel.keys.itertuples(index=False)):
+        one = expected[(expected["produto_cat"] == key.produto_cat) & (expected["uf_cat"] == key.uf_cat)]
+        t = panel.dates.get_indexer(one["date"])
+        assert (t >= 0).all() and panel.start[s] == t.min()
+        np.testing.assert_allclose(panel.values[s, t], one[list(TARGETS)].to_numpy())
+        np.testing.assert_array_equal(panel.values[s, : t.min()], 0)
+    assert panel.values.sum(axis=(0, 1)) == pytest.approx(rows[list(TARGETS)].sum().to_numpy())
+
+
+def test_share_rule_tells_flags_and_shares_from_levels():
+    values = np.array([[0.0, 0.5, 3.9, -1.0], [1.0, 0.25, 4.1, 2.0]])
+    assert is_share(values).tolist() == [True, True, False, False]
+    assert is_share(np.zeros((0, 2))).tolist() == [True, True]  # no rows seen: nothing says otherwise
