@@ -63,10 +63,11 @@ BATCH_SIZE: int = 64  # windows per step (train and eval)
 EARLY_STOPPING_PATIENCE: int = 15  # epochs without validation WAPE improvement before stopping (>= 0)
 NUM_WORKERS: int = 0  # DataLoader workers when windows are cut on the CPU (0 is fastest on CPU)
 GATHER_ON_GPU: bool = True  # on a GPU, keep the scaled panel there and cut windows on it; False: NUM_WORKERS cut them
+GBM_TREES: int = 500  # LightGBM trees of the gbm forecaster (mlforecast, lags 1..52 + drivers); 0 = TTM only
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
 
 # --- 6. evaluation, forecast and outputs -------------------------------------
-FORECAST_METHOD: str = "auto"  # "auto" = backtest winner per target, or e.g. zero_shot, fine_tuned+zero_shot
+FORECAST_METHOD: str = "auto"  # "auto": the backtest winner per target; or e.g. gbm+fine_tuned, 0.7*gbm+0.3*zero_shot
 PREDICT_PART_ROWS: int = 5_000_000  # predict mode: a larger CSV is split by series into parts of this many rows
 INTERVAL_LEVEL: float = 0.8  # coverage of the prediction interval in previsoes.csv (between 0 and 1)
 PLOT_TOP_SERIES: int = 6  # plots of the largest series by revenue under RESULTS_DIR/plots/ (0 = none)
@@ -76,18 +77,37 @@ FINAL_MODEL_DIR: str = "final_ttm_model"  # model weights + config.json + prepro
 ENV_PREFIX = "TTM_"
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 # The forecast methods the backtest chooses from per target, in order of preference on a tie (zero-shot first:
-# identical forecasts need no fine-tuning); a blend ("a+b") is the plain mean of its parts. FORECAST_METHOD may name
-# any of them.
+# identical forecasts need no fine-tuning). A blend ("a+b") is the mean of its parts; "a+b@fitted" weighs them by
+# weights chosen on earlier backtest origins (in steps of 0.05) and is saved with its weights, e.g. "0.6*gbm+0.4*
+# fine_tuned". A series too short for the gbm takes the other parts of a blend (zero_shot for gbm alone).
+# FORECAST_METHOD may name any of them, or explicit weights.
 METHODS = (
     "zero_shot",
     "fine_tuned",
+    "gbm",
     "seasonal_naive",
     "naive",
     "zero_shot+seasonal_naive",
     "fine_tuned+zero_shot",
     "fine_tuned+seasonal_naive",
     "fine_tuned+zero_shot+seasonal_naive",
+    "gbm+zero_shot",
+    "gbm+fine_tuned",
+    "gbm+fine_tuned+zero_shot",
+    "gbm+zero_shot@fitted",
+    "gbm+fine_tuned@fitted",
+    "gbm+fine_tuned+zero_shot@fitted",
 )
+FORECASTS = ("zero_shot", "fine_tuned", "gbm", "seasonal_naive", "naive")  # what methods are made of
+WEIGHTED_PART = re.compile(r"(?:(\d*\.?\d+)\*)?(\w+)")  # "0.6*gbm" or "gbm" in a method's name
+
+
+def known_method(method: str) -> bool:
+    """True for a name of METHODS or a blend of FORECASTS with a weight for each, such as 0.7*gbm+0.3*fine_tuned."""
+    if method in METHODS:
+        return True
+    parts = [WEIGHTED_PART.fullmatch(part) for part in method.split("+")]
+    return all(m and m[1] and m[2] in FORECASTS for m in parts) and len({m[2] for m in parts}) == len(parts)
 
 
 def defaults() -> dict:
@@ -208,7 +228,11 @@ RULES = {  # key -> (test, the allowed values in words)
     "NUM_WORKERS": _at_least(0),
     "MIN_FREE_DISK_MB": _at_least(0),
     "PREDICT_PART_ROWS": _at_least(100),
-    "FORECAST_METHOD": (lambda v: v in ("auto", *METHODS), f"auto or one of {', '.join(METHODS)}"),
+    "GBM_TREES": _at_least(0),
+    "FORECAST_METHOD": (
+        lambda v: v == "auto" or known_method(v),
+        f"auto, one of {', '.join(METHODS)}, or weights such as 0.7*gbm+0.3*fine_tuned",
+    ),
     "INTERVAL_LEVEL": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive), e.g. 0.8"),
     "PLOT_TOP_SERIES": _at_least(0),
     "RESULTS_DIR": (lambda v: bool(v.strip()), "a folder path"),
@@ -225,6 +249,15 @@ def validate(settings: Mapping) -> None:
     for key, (allowed, words) in RULES.items():
         if not allowed(settings[key]):
             raise ValueError(f"{key}={settings[key]!r} is not allowed: use {words}")
+    _check_roles(settings)
+    if settings["GBM_TREES"] == 0 and "gbm" in settings["FORECAST_METHOD"]:
+        raise ValueError(f"FORECAST_METHOD={settings['FORECAST_METHOD']!r} needs the gbm; set GBM_TREES > 0")
+    if Path(settings["RESULTS_DIR"]).resolve() == Path(settings["FINAL_MODEL_DIR"]).resolve():
+        raise ValueError("RESULTS_DIR and FINAL_MODEL_DIR are the same folder; give each its own")
+
+
+def _check_roles(settings: Mapping) -> None:
+    """Each column has one role: date, id, target or driver; categorical columns are ids."""
     date, ids, targets = settings["DATE_COLUMN"], settings["ID_COLUMNS"], settings["TARGET_COLUMNS"]
     for name, clash in ((date, "DATE_COLUMN"), *((t, "TARGET_COLUMNS") for t in targets)):
         if name in ids:
@@ -237,8 +270,6 @@ def validate(settings: Mapping) -> None:
     unknown = [name for name in settings["CATEGORICAL_COLUMNS"] if name not in ids]
     if unknown:
         raise ValueError(f"CATEGORICAL_COLUMNS={unknown} are not in ID_COLUMNS={list(ids)}; use id columns")
-    if Path(settings["RESULTS_DIR"]).resolve() == Path(settings["FINAL_MODEL_DIR"]).resolve():
-        raise ValueError("RESULTS_DIR and FINAL_MODEL_DIR are the same folder; give each its own")
 
 
 def resolve(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespace:

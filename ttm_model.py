@@ -31,21 +31,25 @@ import config
 from sales_forecast.artifacts import check_output_dirs, load_artifacts, save_artifacts
 from sales_forecast.distributed import compute_device, init_distributed, is_main_process
 from sales_forecast.drivers import weekly_panel
-from sales_forecast.evaluation import mase_scale, plot_results, write_metrics
+from sales_forecast.evaluation import mase_scale, plot_results, plot_totals, write_metrics
 from sales_forecast.forecast import forecast_future, method_forecasts, method_parts
+from sales_forecast.gbm import fit_gbm
 from sales_forecast.inputs import load_sales, predict_inputs
 from sales_forecast.model import DRIVER_BLOCKS, build_model, model_shape, unfreeze_only
 from sales_forecast.panel import Panel, panel_until
+from sales_forecast.report import collected_warnings, write_report
 from sales_forecast.sales_csv import ForecastCsv, InputError, write_forecasts
 from sales_forecast.scaling import ScaledPanel, fit_and_scale, scale_panel
 from sales_forecast.selection import Choice, OriginResult, choose_methods, refit_epochs
 from sales_forecast.settings import DataSettings, ModelSettings, Settings
+from sales_forecast.totals import backtest_totals, totals_frame
 from sales_forecast.training import fine_tune, make_trainer, resume_checkpoint, run_fingerprint
 from sales_forecast.windows import Split, backtest_splits, refit_windows
 
 logger = logging.getLogger("ttm_model")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REPORT = "relatorio.html"  # the report page under RESULTS_DIR
 
 
 class PhaseClock:
@@ -65,9 +69,10 @@ class PhaseClock:
         return f"{sum(self.seconds.values()):.1f} s ({phases})"
 
 
-def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bool) -> dict:
+def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bool, warnings: list[str]) -> dict:
     """The training run, one named call per section; returns the metrics also written to metricas.json.
-    synthetic_if_missing: train on a synthetic panel when there is no file at DATA_PATH (the default path only)."""
+    synthetic_if_missing: train on a synthetic panel when there is no file at DATA_PATH (the default path only);
+    warnings: the run's logged warnings, as they happen (for the report page)."""
     data, output, horizon = settings.data, settings.output, settings.model.prediction_length
     results, clock = Path(output.results_dir), PhaseClock()
     check_output_dirs([results, Path(output.final_model_dir).resolve().parent], output.min_free_disk_mb)
@@ -90,18 +95,23 @@ def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bo
     choice = choose_methods(  # 6
         origins,
         panel=panel,
-        methods=config.METHODS,
+        methods=candidates(settings),
         forced=output.forecast_method,
         level=output.interval_level,
         date_column=data.date_column,
     )
-    fine_tuned = any("fine_tuned" in method_parts(method) for method in choice.selection.values())
-    epochs = refit_epochs(origins) if fine_tuned else 0
+    totals, metrics_by_level = backtest_totals(
+        origins, choice.selection, level=output.interval_level, targets=panel.targets
+    )
+    chosen = {part for method in choice.selection.values() for part in method_parts(method)}
+    epochs = refit_epochs(origins) if "fine_tuned" in chosen else 0
     model, scalers, scaled = refit(  # 7: the final model on every week, then the forecast
         panel, pretrained=pretrained, epochs=epochs, settings=settings, out_dir=results / "refit", resume=resume
     )
-    clock.lap("refit")
     models = {"fine_tuned": model, "zero_shot": zero_shot}
+    if "gbm" in chosen:
+        models["gbm"] = fit_gbm(panel, trees=settings.train.gbm_trees, seed=settings.train.seed)
+    clock.lap("refit")
     forecast = forecast_future(
         models, scaled, choice.conformal, choice.selection, horizon=horizon, date_column=data.date_column
     )
@@ -112,13 +122,28 @@ def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bo
         "SELECTION": choice.selection,
     }
     metrics = {"trainable_fraction": trainable, "n_series": len(panel.keys), "refit_epochs": epochs, **choice.figures}
+    metrics["totals"] = metrics_by_level
     metrics |= {"forecast_series_per_s": forecast_rate, "phase_seconds": clock.seconds}
     if is_main_process():  # 8: under torchrun every rank computed the same; rank 0 writes
         write_outputs(
-            forecast, choice, panel, models, scalers, settings=settings, saved=saved, metrics=metrics, clock=clock
+            forecast,
+            choice,
+            panel,
+            models,
+            (*scalers, totals),
+            settings=settings,
+            saved=saved,
+            metrics=metrics,
+            clock=clock,
+            warnings=warnings,
         )
-    logger.info("Done in %s", clock)
+    logger.info("Done in %s; report page: %s", clock, results / REPORT)
     return metrics
+
+
+def candidates(settings: Settings) -> tuple[str, ...]:
+    """The methods the backtest scores: config.METHODS, without those made with the gbm when GBM_TREES is 0."""
+    return tuple(m for m in config.METHODS if settings.train.gbm_trees or "gbm" not in method_parts(m))
 
 
 def run_backtest(
@@ -186,8 +211,11 @@ def backtest_origin(
         out_dir=out_dir / "refit",
         resume=resume,
     )
+    models = {"fine_tuned": model, "zero_shot": zero_shot}
+    if settings.train.gbm_trees:
+        models["gbm"] = fit_gbm(history, trees=settings.train.gbm_trees, seed=settings.train.seed)
     series = split.test[0]
-    forecasts = method_forecasts({"fine_tuned": model, "zero_shot": zero_shot}, known, split.test, horizon=horizon)
+    forecasts = method_forecasts(models, known, split.test, horizon=horizon)
     return OriginResult(
         str(seen.dates[split.test_start].date()),
         seen.keys.iloc[series].reset_index(drop=True),
@@ -245,18 +273,20 @@ def write_outputs(
     choice: Choice,
     panel: Panel,
     models: dict[str, torch.nn.Module],
-    scalers: tuple,
+    fitted: tuple,
     *,
     settings: Settings,
     saved: dict,
     metrics: dict,
     clock: PhaseClock,
+    warnings: list[str],
 ) -> None:
-    """Section 8: previsoes.csv, plots, final_ttm_model/ (saved: its settings.json) and the metrics, under
-    RESULTS_DIR."""
-    output = settings.output
-    results = Path(output.results_dir)
-    write_forecasts(forecast, results / "previsoes.csv", date_column=settings.data.date_column)
+    """Section 8: previsoes.csv, previsoes_totais.csv, plots, final_ttm_model/ (fitted: the scalers and the totals'
+    intervals; saved: its settings.json), the metrics and the report page, under RESULTS_DIR."""
+    output, data = settings.output, settings.data
+    results, (*scalers, totals) = Path(output.results_dir), fitted
+    write_forecasts(forecast, results / "previsoes.csv", date_column=data.date_column)
+    totals_rows = write_totals(forecast, totals, data=data, results=results, level=output.interval_level)
     plot_results(
         panel,
         forecast,
@@ -267,19 +297,58 @@ def write_outputs(
         level=output.interval_level,
     )
     clock.lap("plots")
-    save_artifacts(models, scalers, choice.conformal, saved, Path(output.final_model_dir))
+    save_artifacts(models, tuple(scalers), choice.conformal, totals, saved, Path(output.final_model_dir))
     clock.lap("save")
     write_metrics(metrics, choice.per_series, results)
+    facts = run_facts(data, n_series=len(panel.keys), weeks=panel.dates, forecast=forecast)
+    write_report(
+        results / REPORT,
+        facts=facts,
+        changed={k: v for k, v in settings.as_config().items() if v != config.defaults().get(k)},
+        warnings=warnings,
+        totals=totals_rows,
+        date_column=data.date_column,
+        plots_dir=results / "plots",
+        metrics=metrics,
+    )
 
 
-def run_predict(settings: Settings) -> dict:
+def run_facts(data: DataSettings, *, n_series: int, weeks: pd.DatetimeIndex, forecast: pd.DataFrame) -> dict:
+    """What the report page says ran: the file, the series, the weeks read and forecast."""
+    ahead = forecast[data.date_column]
+    return {
+        "arquivo": data.data_path,
+        "séries (produto × UF)": n_series,
+        "semanas lidas": f"{len(weeks)} ({weeks[0].date()} a {weeks[-1].date()})",
+        "semanas previstas": f"{ahead.nunique()} ({ahead.min().date()} a {ahead.max().date()})",
+        "metas": ", ".join(data.target_columns),
+        "direcionadores": ", ".join(data.control_columns) or "nenhum",
+    }
+
+
+def write_totals(
+    forecast: pd.DataFrame, totals: dict, *, data: DataSettings, results: Path, level: float
+) -> pd.DataFrame:
+    """previsoes_totais.csv and its plots: each id column's totals and the overall total, from previsoes.csv's
+    rows."""
+    frame = totals_frame(
+        forecast, totals, id_columns=data.id_columns, targets=data.target_columns, date_column=data.date_column
+    )
+    write_forecasts(frame, results / "previsoes_totais.csv", date_column=data.date_column)
+    plot_totals(frame, results / "plots", targets=data.target_columns, date_column=data.date_column, level=level)
+    return frame
+
+
+def run_predict(settings: Settings, *, warnings: list[str]) -> dict:
     """Forecast new data with FINAL_MODEL_DIR, without training; drivers of the coming weeks from FUTURE_PATH. A CSV
-    of more than PREDICT_PART_ROWS rows is read, forecast and written one part of its series at a time."""
+    of more than PREDICT_PART_ROWS rows is read, forecast and written one part of its series at a time; then the
+    totals and a short report page (warnings: the run's logged warnings, as they happen)."""
     output, clock = settings.output, PhaseClock()
     results = Path(output.results_dir)
     check_output_dirs([results], 1)
     saved = load_artifacts(Path(output.final_model_dir), method=output.forecast_method)
-    models = {name: model.to(compute_device(settings.train.use_cpu)) for name, model in saved.models.items()}
+    device = compute_device(settings.train.use_cpu)
+    models = {name: model if name == "gbm" else model.to(device) for name, model in saved.models.items()}
     clock.lap("load model")
     new_files = {"DATA_PATH": settings.data.data_path, "FUTURE_PATH": settings.data.future_path}
     data = DataSettings.of(saved.settings | new_files)  # the columns and drivers the model was trained with
@@ -290,6 +359,7 @@ def run_predict(settings: Settings) -> dict:
         for sales, future, span, source in inputs:
             clock.lap("read")
             panel, _ = weekly_panel(sales, future, data=data, horizon=horizon, source=source, span=span)
+            weeks = panel.dates  # every part has the whole file's calendar
             scaled = scale_panel(panel, saved.scalers, saved.drivers)
             n_series, new = n_series + len(panel.keys), new + (~scaled.scaling.known).sum()
             examples += panel.keys[~scaled.scaling.known].head(10 - len(examples)).to_dict("records")
@@ -305,11 +375,25 @@ def run_predict(settings: Settings) -> dict:
             clock.lap("forecast")
             out.write(point)
             clock.lap("write")
+    previsoes = pd.read_csv(
+        results / "previsoes.csv", dtype=dict.fromkeys(data.id_columns, str), parse_dates=[data.date_column]
+    )
+    totals = write_totals(previsoes, saved.totals, data=data, results=results, level=output.interval_level)
+    write_report(
+        results / REPORT,
+        facts=run_facts(data, n_series=n_series, weeks=weeks, forecast=previsoes) | {"modelo": output.final_model_dir},
+        changed={"SELECTION": saved.settings["SELECTION"]},
+        warnings=warnings,
+        totals=totals,
+        date_column=data.date_column,
+        plots_dir=results / "plots",
+    )
+    clock.lap("totals")
     if new:
         logger.warning(
             "%d series were not in training; scaled on their own history and flagged new_series: %s", new, examples
         )
-    logger.info("Done in %s", clock)
+    logger.info("Done in %s; report page: %s", clock, results / REPORT)
     return {"n_series": n_series, "n_new_series": int(new), "phase_seconds": clock.seconds}
 
 
@@ -341,11 +425,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     set_seed(cfg.SEED)
     settings = Settings.of(vars(cfg))
     try:
-        if cfg.MODE == "predict":
-            return run_predict(settings)
-        init_distributed(cfg.USE_CPU)
-        synthetic = cfg.DATA_PATH == config.DATA_PATH  # only the default path may be absent
-        return run_train(settings, fresh_start=cfg.FRESH_START, synthetic_if_missing=synthetic)
+        with collected_warnings() as warnings:
+            if cfg.MODE == "predict":
+                return run_predict(settings, warnings=warnings)
+            init_distributed(cfg.USE_CPU)
+            synthetic = cfg.DATA_PATH == config.DATA_PATH  # only the default path may be absent
+            return run_train(settings, fresh_start=cfg.FRESH_START, synthetic_if_missing=synthetic, warnings=warnings)
     except (InputError, FileNotFoundError, torch.cuda.OutOfMemoryError) as err:
         if cfg.DEBUG:
             raise

@@ -11,19 +11,23 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Sequence
 
+import joblib
 import torch
 from tsfm_public import TimeSeriesPreprocessor
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
-from sales_forecast.forecast import method_parts
+from sales_forecast.forecast import FITTED, needed_forecasts
+from sales_forecast.gbm import GbmForecaster
 from sales_forecast.model import ready_to_run
 from sales_forecast.sales_csv import InputError
 from sales_forecast.scaling import DriverScaling, SeriesScalers
+from sales_forecast.totals import LevelIntervals
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn")
+PACKAGES = ("torch", "transformers", "granite-tsfm", "pandas", "numpy", "scikit-learn", "mlforecast", "lightgbm")
 MODEL_FOLDERS = {"fine_tuned": ".", "zero_shot": "zero_shot"}  # each TTM of the run, inside the model folder
+GBM_FILE = "gbm.joblib"  # the gradient-boosting forecaster, when the selection uses it
 
 
 def check_output_dirs(dirs: Sequence[Path], min_free_mb: int) -> None:
@@ -54,18 +58,22 @@ def _pickle(obj: object, path: Path) -> None:
 
 
 def save_artifacts(
-    models: dict[str, torch.nn.Module],
+    models: dict[str, torch.nn.Module | GbmForecaster | None],
     scalers: tuple[TimeSeriesPreprocessor, DriverScaling],
     conformal: PostHocProbabilisticProcessor | None,
+    totals: dict[str, LevelIntervals],
     settings: dict,
     final_dir: Path,
 ) -> None:
-    """Write the models ("fine_tuned" at the top, "zero_shot" in zero_shot/), preprocessor.pkl, drivers.pkl,
-    conformal.pkl and settings beside final_dir, then swap it in atomically."""
+    """Write the models ("fine_tuned" at the top, "zero_shot" in zero_shot/, "gbm" as gbm.joblib when selected),
+    preprocessor.pkl, drivers.pkl, conformal.pkl, totals.pkl (the totals' intervals per level) and settings beside
+    final_dir, then swap it in atomically."""
     staging, backup = final_dir.with_name(final_dir.name + ".tmp"), final_dir.with_name(final_dir.name + ".bak")
     shutil.rmtree(staging, ignore_errors=True)
     for name, folder in MODEL_FOLDERS.items():
         models[name].save_pretrained(staging / folder)
+    if models.get("gbm") is not None:
+        joblib.dump(models["gbm"], staging / GBM_FILE)
     # Plain pickle: preprocessor.pkl loads 10x faster than with joblib, and conformal.pkl in 1 ms against 50 ms for
     # PostHocProbabilisticProcessor.from_pretrained (which formats the whole 1.2 MB config for a log line).
     _pickle(scalers[0], staging / "preprocessor.pkl")
@@ -73,6 +81,7 @@ def save_artifacts(
     SeriesScalers.of(scalers[0]).save(staging / "scalers.npz")
     if conformal is not None:
         _pickle(conformal, staging / "conformal.pkl")
+    _pickle(totals, staging / "totals.pkl")
     (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
     manifest = {
         "tool": "ttm_model",
@@ -131,10 +140,11 @@ def _unpickle(path: Path) -> object:
 class SavedModel:
     """What load_artifacts gives predict mode."""
 
-    models: dict[str, torch.nn.Module]  # the TTMs the selection needs
+    models: dict[str, torch.nn.Module | GbmForecaster | None]  # the TTMs and the gbm the selection needs
     scalers: SeriesScalers
     drivers: DriverScaling
     conformal: PostHocProbabilisticProcessor | None
+    totals: dict[str, LevelIntervals]  # per level, empty for a folder of an earlier version
     settings: dict  # settings.json, its "SELECTION" set to what will be used
 
 
@@ -149,14 +159,27 @@ def load_artifacts(final_dir: Path, *, method: str = "auto") -> SavedModel:
         raise InputError(
             f"{final_dir}: written by an older version (no method selection); retrain: python ttm_model.py"
         )
+    trained = settings["SELECTION"]
+    if method.endswith(FITTED):
+        raise InputError(
+            f"FORECAST_METHOD={method}: blend weights are fitted by a training run's backtest; name the weights "
+            f"(such as 0.7*gbm+0.3*fine_tuned) or use auto (this folder's selection: {trained})"
+        )
     if method != "auto":
         settings["SELECTION"] = dict.fromkeys(settings["SELECTION"], method)
-    needed = {part for chosen in settings["SELECTION"].values() for part in method_parts(chosen)}
+    needed = needed_forecasts(settings["SELECTION"].values())
     models = {
         name: ready_to_run(TinyTimeMixerForPrediction.from_pretrained(final_dir / folder))
         for name, folder in MODEL_FOLDERS.items()
         if name in needed
     }
+    if "gbm" in needed and method != "auto" and GBM_FILE not in manifest["sha256"]:
+        raise InputError(
+            f"{final_dir}: FORECAST_METHOD={method} needs the gbm, which that training run did not save (it selected "
+            f"{trained}); retrain with --FORECAST_METHOD={method}"
+        )
+    if "gbm" in needed:  # None: the run's gbm had nothing to learn from; the TTM forecast stands in
+        models["gbm"] = joblib.load(final_dir / GBM_FILE) if GBM_FILE in manifest["sha256"] else None
     if (final_dir / "scalers.npz").exists():
         scalers = SeriesScalers.load(final_dir / "scalers.npz")
     else:  # a folder of an earlier version
@@ -169,4 +192,5 @@ def load_artifacts(final_dir: Path, *, method: str = "auto") -> SavedModel:
             "%s: no conformal.pkl (the backtest had too few windows); previsoes.csv gets no interval bounds",
             final_dir,
         )
-    return SavedModel(models, scalers, _unpickle(final_dir / "drivers.pkl"), conformal, settings)
+    totals = _unpickle(final_dir / "totals.pkl") if "totals.pkl" in manifest["sha256"] else {}
+    return SavedModel(models, scalers, _unpickle(final_dir / "drivers.pkl"), conformal, totals, settings)

@@ -166,3 +166,39 @@ def plot_results(
     ax.legend()
     fig.savefig(out_dir / "accuracy_by_method.png", dpi=90, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_totals(totals: pd.DataFrame, out_dir: Path, *, targets: tuple, date_column: str, level: float) -> list[Path]:
+    """PNG plots of the overall total and of each group of the last id column (UFs by default, up to 12): forecast
+    and interval per target (totals_<nivel>.png). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    levels = list(dict.fromkeys(totals["nivel"]))
+    written = []
+    for nivel in (levels[-1], levels[-2]) if len(levels) > 1 else levels:
+        rows = totals[totals["nivel"] == nivel]
+        groups = list(dict.fromkeys(rows["chave"]))[:12]
+        fig, axes = plt.subplots(len(targets), 1, figsize=(10, 3.2 * len(targets)), squeeze=False)
+        for ax, target in zip(axes[:, 0], targets):
+            for group in groups:
+                part = rows[rows["chave"] == group]
+                line = ax.plot(part[date_column], part[target], label=group)[0]
+                if f"{target}_lower" in part:
+                    ax.fill_between(
+                        part[date_column],
+                        part[f"{target}_lower"],
+                        part[f"{target}_upper"],
+                        alpha=0.15,
+                        color=line.get_color(),
+                    )
+            ax.set_title(f"{target}: {nivel} ({100 * level:.0f}% interval shaded)")
+            ax.legend(fontsize=7, ncol=4)
+        file = out_dir / f"totals_{nivel}.png"
+        fig.savefig(file, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        written.append(file)
+    return written

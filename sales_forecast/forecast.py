@@ -1,12 +1,14 @@
 """Forecasts by method (baselines, TTM models, their blends) in original units, and previsoes.csv's rows."""
 
 import logging
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
+from sales_forecast.gbm import MIN_WEEKS, GbmForecaster, gbm_forecast
 from sales_forecast.intervals import interval_bounds
 from sales_forecast.model import window_shape
 from sales_forecast.scaling import ScaledPanel
@@ -15,19 +17,44 @@ from sales_forecast.windows import Windows, future_windows, window_dataset
 logger = logging.getLogger(__name__)
 
 
+FITTED = "@fitted"  # a blend whose weights the backtest fits (see selection.fitted_blends)
+FALLBACK = "zero_shot"  # the forecast of a series none of a method's parts can forecast (a short series, gbm alone)
+
+
 def method_parts(method: str) -> tuple[str, ...]:
-    """The forecasts a method is made of: itself, or the parts of a blend such as fine_tuned+zero_shot."""
-    return tuple(method.split("+"))
+    """The forecasts a method is made of: itself, or the parts of a blend such as fine_tuned+zero_shot or
+    0.6*gbm+0.4*fine_tuned."""
+    return tuple(part.rpartition("*")[2] for part in method.removesuffix(FITTED).split("+"))
+
+
+def needed_forecasts(methods: Iterable[str]) -> set[str]:
+    """The forecasts that these methods are made of, and FALLBACK's where the gbm is one of them (it stands in for
+    the series the gbm cannot forecast)."""
+    needed = {part for method in methods for part in method_parts(method)}
+    return needed | {FALLBACK} if "gbm" in needed else needed
+
+
+def method_weights(method: str) -> np.ndarray:
+    """The weight of each part (1 where the name gives none), summing to 1."""
+    weights = np.array([float(part.rpartition("*")[0] or 1) for part in method.removesuffix(FITTED).split("+")])
+    return weights / weights.sum() if weights.sum() else np.full(len(weights), 1 / len(weights))
+
+
+def weighted_name(parts: tuple[str, ...], weights: np.ndarray) -> str:
+    """The method of these parts with these weights, e.g. 0.65*gbm+0.35*fine_tuned."""
+    return "+".join(f"{w:.2f}*{part}" for part, w in zip(parts, weights))
 
 
 def blend(forecasts: dict[str, np.ndarray], method: str) -> np.ndarray:
-    """The forecast of `method`: one of forecasts, or the plain mean of a blend's parts."""
-    return np.mean([forecasts[part] for part in method_parts(method)], axis=0)
-
-
-def with_blends(forecasts: dict[str, np.ndarray], methods: tuple) -> dict[str, np.ndarray]:
-    """The forecasts plus those of the blends among methods (equal weights)."""
-    return forecasts | {name: blend(forecasts, name) for name in methods if len(method_parts(name)) > 1}
+    """The forecast of `method`: the weighted mean of its parts where they have a forecast (NaN: a series the gbm
+    could not forecast), FALLBACK's where none of them has."""
+    if method.endswith(FITTED):
+        raise ValueError(f"{method}: a fitted blend needs its weights first (selection.fitted_blends)")
+    parts = np.stack([forecasts[part] for part in method_parts(method)])
+    weights = method_weights(method).reshape(-1, *[1] * (parts.ndim - 1)) * ~np.isnan(parts)
+    total = weights.sum(axis=0)
+    mixed = np.nansum(parts * weights, axis=0) / np.where(total > 0, total, 1)
+    return mixed if (total > 0).all() else np.where(total > 0, mixed, forecasts[FALLBACK])
 
 
 def selected_forecast(forecasts: dict[str, np.ndarray], selection: dict[str, str]) -> np.ndarray:
@@ -75,11 +102,27 @@ def forecast_scaled(
 
 
 def method_forecasts(
-    models: dict[str, torch.nn.Module], data: ScaledPanel, windows: Windows, *, horizon: int
+    models: dict[str, torch.nn.Module | GbmForecaster | None], data: ScaledPanel, windows: Windows, *, horizon: int
 ) -> dict[str, np.ndarray]:
-    """The baselines and each model's forecast of the windows, in original units (backtest origins and the future)."""
+    """The baselines and each model's forecast of the windows, in original units (backtest origins and the future:
+    every window starts after the panel's last week). The gbm's ("gbm", None when it had nothing to learn from) is
+    NaN for series too short for it and for series it was not fitted on (predict mode: their level may lie outside
+    what its trees learned, where the TTM forecast, scaled on the series' own history, does not)."""
     forecasts = baseline_forecasts(data.panel.values, data.panel.start, windows, horizon)
     for name, model in models.items():
+        if name == "gbm":
+            gbm = gbm_forecast(model, data.panel, horizon=horizon)
+            gbm[~data.scaling.known] = np.nan
+            forecasts[name] = gbm[windows[0]]
+            left_out = np.isnan(forecasts[name]).any(axis=(1, 2)).sum()
+            if left_out:
+                logger.info(
+                    "gbm: %d of %d series are new or have fewer than %d weeks; the TTM forecast stands in for theirs",
+                    left_out,
+                    len(windows[0]),
+                    MIN_WEEKS,
+                )
+            continue
         scaled = forecast_scaled(model, data, windows, horizon=horizon)
         forecasts[name] = data.scaling.invert(scaled, windows[0])
     return forecasts
@@ -111,7 +154,7 @@ def forecast_frame(
 
 
 def forecast_future(
-    models: dict[str, torch.nn.Module],
+    models: dict[str, torch.nn.Module | GbmForecaster | None],
     data: ScaledPanel,
     conformal: PostHocProbabilisticProcessor | None,
     selection: dict[str, str],
@@ -122,7 +165,7 @@ def forecast_future(
     """previsoes.csv rows: every series forecast from its last week by each target's selected method (point and
     bounds, original units); series the scaler did not know are flagged new_series."""
     panel = data.panel
-    needed = {part for method in selection.values() for part in method_parts(method)}
+    needed = needed_forecasts(selection.values())
     forecasts = method_forecasts(
         {n: m for n, m in models.items() if n in needed}, data, future_windows(panel), horizon=horizon
     )

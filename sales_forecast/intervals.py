@@ -4,7 +4,9 @@ import logging
 import math
 
 import numpy as np
+import pandas as pd
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
+from utilsforecast.losses import scaled_crps
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +19,11 @@ def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostH
             "Only %d backtest windows: too few for %.0f%% conformal intervals; none written", len(y_true), 100 * level
         )
         return None
+    return _conformal(y_true, y_pred, level)
+
+
+def _conformal(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor:
+    alpha = 1 - level
     conformal = PostHocProbabilisticProcessor(
         quantiles=[alpha / 2, 1 - alpha / 2], method="conformal", nonconformity_score="absolute_error"
     )
@@ -29,3 +36,44 @@ def interval_bounds(
     """Lower and upper bounds around point forecasts (original units), errors measured in each series' scale."""
     bounds = conformal.predict(point / scale[:, None]) * scale[:, None, :, None]
     return np.clip(bounds[..., 0], 0, None), np.clip(bounds[..., 1], 0, None)
+
+
+CRPS_LEVELS = (0.2, 0.4, 0.6, 0.8)  # central intervals whose bounds, with the point forecast, are quantiles 0.1..0.9
+
+
+def interval_scores(
+    calibration: tuple[np.ndarray, np.ndarray],
+    point: np.ndarray,
+    scale: np.ndarray,
+    y: np.ndarray,
+    *,
+    level: float,
+    targets: tuple,
+) -> dict[str, dict[str, float]] | None:
+    """How intervals calibrated on (actuals, forecasts) in series scale do on y (windows, horizon, targets), per
+    target: coverage of the `level` interval, its mean width relative to the mean actual, and the scaled CRPS of the
+    quantiles 0.1..0.9 (utilsforecast.losses.scaled_crps over every window and week pooled, the point forecast as the
+    median). None with too few calibration windows."""
+    y_cal, pred_cal = calibration
+    levels = sorted({*CRPS_LEVELS, level})
+    if len(y_cal) < math.ceil(1 / (1 - max(levels))):
+        return None
+    bounds = {lvl: interval_bounds(_conformal(y_cal, pred_cal, lvl), point, scale) for lvl in levels}
+    quantiles = {0.5: np.clip(point, 0, None)}
+    for lvl in CRPS_LEVELS:
+        quantiles[round((1 - lvl) / 2, 2)], quantiles[round((1 + lvl) / 2, 2)] = bounds[lvl]
+    order = sorted(quantiles)
+    scores = {}
+    for c, target in enumerate(targets):
+        frame = pd.DataFrame({"unique_id": 0, "y": y[..., c].ravel()})
+        columns = [f"q{q}" for q in order]
+        for q, column in zip(order, columns):
+            frame[column] = quantiles[q][..., c].ravel()
+        crps = scaled_crps(frame, models={"m": columns}, quantiles=np.array(order))["m"].iloc[0]
+        lower, upper = bounds[level][0][..., c], bounds[level][1][..., c]
+        scores[target] = {
+            "coverage": float(((y[..., c] >= lower) & (y[..., c] <= upper)).mean()),
+            "width": float((upper - lower).mean() / max(np.abs(y[..., c]).mean(), 1e-12)),
+            "scaled_crps": float(crps),
+        }
+    return scores

@@ -88,6 +88,7 @@ class TrainSettings(_Section):
     max_valid_windows: int  # validation windows scored each epoch, a fixed sample (0: all of them)
     gather_on_gpu: bool = True
     fresh_start: bool = False
+    gbm_trees: int = 0  # a model folder of an earlier version had no gbm
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ def run_args(tmp_path: Path, model_dir: str, data: Path, *extra: str) -> list[st
         "--PLOT_TOP_SERIES=1",
         "--BACKTEST_ORIGINS=2",
         "--MAX_TRAIN_WINDOWS=256",
+        "--GBM_TREES=50",
         "--HOLIDAY_COUNTRY=",  # no drivers unless a test sets them (tests/test_drivers.py)
         *extra,
     ]

@@ -26,6 +26,7 @@ SETTINGS = [
     f"--PREDICTION_LENGTH={HORIZON}",
     f"--BACKTEST_STEP={HORIZON}",
     "--BACKTEST_ORIGINS=2",
+    "--GBM_TREES=30",
 ]
 
 
@@ -39,7 +40,7 @@ def pretrained(model_dir):
 
 def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp_path):
     settings = settings_for(SETTINGS)
-    df = make_panel(n_weeks=90)
+    df = make_panel(n_weeks=90)  # the first origin has 74 weeks: more than the gbm's 52 lags
     panel, _ = resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
     split = backtest_splits(panel, backtest=settings.backtest, horizon=HORIZON)[0]
     spiked = copy.deepcopy(panel)
@@ -60,5 +61,6 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
     assert results[0].training["valid_wape_best"] == results[1].training["valid_wape_best"]
     np.testing.assert_array_equal(results[0].y, results[1].y)
     np.testing.assert_array_equal(results[0].scale, results[1].scale)
+    assert np.isfinite(results[0].forecasts["gbm"]).all()
     for method in results[0].forecasts:
         np.testing.assert_array_equal(results[0].forecasts[method], results[1].forecasts[method])

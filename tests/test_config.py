@@ -76,7 +76,8 @@ BAD_VALUES = {
     "WEEK_ANCHOR": ("W-XYZ", "WEEK_ANCHOR='W-XYZ' is not allowed: use 'auto' or W-MON .. W-SUN"),
     "BACKTEST_ORIGINS": ("0", "BACKTEST_ORIGINS=0 is not allowed: use an integer >= 1"),
     "BACKTEST_STEP": ("-26", "BACKTEST_STEP=-26 is not allowed: use an integer >= 0 (0 = PREDICTION_LENGTH)"),
-    "FORECAST_METHOD": ("best", "FORECAST_METHOD='best' is not allowed: use auto or one of zero_shot, fine_tuned"),
+    "FORECAST_METHOD": ("best", "FORECAST_METHOD='best' is not allowed: use auto, one of zero_shot, fine_tuned"),
+    "GBM_TREES": ("-1", "GBM_TREES=-1 is not allowed: use an integer >= 0"),
     "MIN_CONTEXT_WEEKS": ("0", "MIN_CONTEXT_WEEKS=0 is not allowed: use an integer >= 1"),
     "TRAIN_STRIDE": ("0", "TRAIN_STRIDE=0 is not allowed: use an integer >= 1"),
     "MAX_VALID_WINDOWS": ("-1", "MAX_VALID_WINDOWS=-1 is not allowed: use an integer >= 0"),
@@ -168,6 +169,16 @@ def test_forecast_method_names_one_of_the_backtest_methods():
     assert config.resolve(["--FORECAST_METHOD=fine_tuned+seasonal_naive"], {}).FORECAST_METHOD in config.METHODS
     with pytest.raises(ValueError, match=r"FORECAST_METHOD='seasonal_naive\+fine_tuned' is not allowed"):
         config.resolve(["--FORECAST_METHOD=seasonal_naive+fine_tuned"], {})  # blends are named in one order
+
+
+def test_forecast_method_takes_explicit_weights_and_needs_the_gbm_for_gbm():
+    chosen = config.resolve(["--FORECAST_METHOD=0.7*gbm+0.3*fine_tuned"], {}).FORECAST_METHOD
+    assert chosen == "0.7*gbm+0.3*fine_tuned"
+    for bad in ("0.7*gbm+fine_tuned", "0.5*gbm+0.5*gbm", "0.5*gbm+0.5*prophet"):
+        with pytest.raises(ValueError, match="is not allowed"):
+            config.resolve([f"--FORECAST_METHOD={bad}"], {})
+    with pytest.raises(ValueError, match="needs the gbm; set GBM_TREES > 0"):
+        config.resolve(["--FORECAST_METHOD=gbm+fine_tuned", "--GBM_TREES=0"], {})
 
 
 def test_every_setting_belongs_to_one_typed_group_or_to_the_run():

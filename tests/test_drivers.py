@@ -123,7 +123,7 @@ def test_future_file_missing_is_named_with_its_setting(tmp_path, model_dir):
     history.to_csv(tmp_path / "vendas.csv", index=False)
     args = run_args(tmp_path, model_dir, tmp_path / "vendas.csv", "--CONTROL_COLUMNS=preco,promocao")
     with pytest.raises(FileNotFoundError, match=r"futuro.csv: file not found; set --FUTURE_PATH="):
-        ttm_model.run_train(settings_for(args), fresh_start=False, synthetic_if_missing=False)
+        ttm_model.run_train(settings_for(args), fresh_start=False, synthetic_if_missing=False, warnings=[])
 
 
 def test_holiday_flags_per_uf_and_national():
@@ -258,7 +258,7 @@ def test_predict_in_parts_reads_each_parts_future_drivers(promo_run, tmp_path):
     with pytest.raises(
         InputError, match=r"futuro_extra.csv: 1 row\(s\) with series that are not in the data, line\(s\) 50 "
     ):
-        ttm_model.run_predict(settings_for(argv))
+        ttm_model.run_predict(settings_for(argv), warnings=[])
 
 
 def test_predict_without_the_future_file_says_which_setting(promo_run, tmp_path):

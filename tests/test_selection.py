@@ -1,5 +1,7 @@
 """Selection: every method scored at every origin, the lowest mean backtest WAPE per target, refit epochs."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,13 @@ from conftest import HORIZON
 
 import config
 from sales_forecast.forecast import method_parts
-from sales_forecast.selection import OriginResult, refit_epochs, score_backtest
+from sales_forecast.selection import (
+    OriginResult,
+    calibration_origins,
+    method_intervals,
+    refit_epochs,
+    score_backtest,
+)
 
 TARGETS = ("vendas", "faturamento")
 
@@ -18,7 +26,7 @@ def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) 
         "2023-01-01",
         pd.DataFrame({"produto_cat": [f"{i}" for i in range(n)], "uf_cat": "SP"}),
         y,
-        {method: y + error for method, error in errors.items()},
+        {method: y + error for method, error in ({"gbm": 70.0} | errors).items()},
         np.ones((n, 2)),
         np.ones((n, 2)),
         training or {"best_epoch": 0, "train_windows": 0},
@@ -69,3 +77,53 @@ def test_refit_epochs_is_the_window_weighted_median_of_trained_origins():
     ]
     assert refit_epochs(trained) == 12
     assert refit_epochs(trained[2:]) == 0
+
+
+def test_selection_picks_the_gbm_or_its_blend_when_it_wins_and_keeps_ttm_when_not():
+    alone = [_origin({"gbm": 1.0, "fine_tuned": 10.0, "zero_shot": 12.0, "seasonal_naive": 30.0, "naive": 40.0})]
+    assert _score(alone)[2] == {"vendas": "gbm", "faturamento": "gbm"}
+    cancel = [_origin({"gbm": -10.0, "fine_tuned": 10.0, "zero_shot": 30.0, "seasonal_naive": 30.0, "naive": 40.0})]
+    assert _score(cancel)[2]["vendas"] == "gbm+fine_tuned"
+    worse = [_origin({"gbm": 20.0, "fine_tuned": 1.0, "zero_shot": 12.0, "seasonal_naive": 30.0, "naive": 40.0})]
+    assert _score(worse)[2] == {"vendas": "fine_tuned", "faturamento": "fine_tuned"}
+
+
+def test_fitted_blend_weights_come_from_earlier_origins_only():
+    # gbm errs +3 and fine_tuned -1: 0.25/0.75 cancels exactly; equal weights leave +1
+    origins = [_origin({"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0})]
+    origins *= 3
+    _, figures, selection = _score(origins)
+    used = figures["backtest"]["blend_weights"]["gbm+fine_tuned@fitted"]["vendas"]
+    assert used == ["0.50*gbm+0.50*fine_tuned"] + ["0.25*gbm+0.75*fine_tuned"] * 3  # origin 1: equal, none before
+    assert selection["vendas"] == "0.25*gbm+0.75*fine_tuned"
+    assert figures["selection"]["vendas"]["candidate"] == "gbm+fine_tuned@fitted"
+    per_origin = [o["metrics"]["vendas"]["gbm+fine_tuned@fitted"]["wape"] for o in figures["backtest"]["origins"]]
+    assert per_origin == pytest.approx([0.01, 0.0, 0.0])
+
+
+def test_a_forced_method_with_weights_is_scored_and_used():
+    origins = [_origin({"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0})]
+    _, figures, selection = _score(origins, forced="0.25*gbm+0.75*fine_tuned")
+    assert selection["vendas"] == "0.25*gbm+0.75*fine_tuned"
+    assert figures["metrics"]["vendas"]["0.25*gbm+0.75*fine_tuned"]["wape"] == pytest.approx(0.0)
+
+
+def test_intervals_calibrate_on_the_latest_origins_holding_enough_windows():
+    small, large = _origin({}, n=30), _origin({}, n=60)
+    assert calibration_origins([large, small, small]) == [small, small]
+    assert calibration_origins([small, small, large]) == [large]
+    assert calibration_origins([small]) == [small]
+
+
+def test_every_method_gets_interval_coverage_width_and_scaled_crps():
+    rng = np.random.default_rng(0)
+    origins = []
+    for _ in range(3):
+        origin = _origin({"gbm": 0.0, "fine_tuned": 0.0, "zero_shot": 0.0, "seasonal_naive": 0.0, "naive": 0.0}, n=40)
+        noise = {m: rng.normal(0, 10, origin.y.shape) for m in origin.forecasts}
+        origins.append(dataclasses.replace(origin, forecasts={m: f + noise[m] for m, f in origin.forecasts.items()}))
+    scores = method_intervals(origins, methods=config.METHODS, targets=TARGETS, level=0.8)
+    assert set(scores["vendas"]) == set(config.METHODS)
+    naive = scores["vendas"]["naive"]
+    assert 0.6 < naive["coverage"] < 0.95 and naive["width"] > 0 and 0 < naive["scaled_crps"] < 1
+    assert scores["vendas"]["gbm+fine_tuned"]["width"] < naive["width"]  # independent errors average out

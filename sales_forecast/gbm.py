@@ -1,0 +1,124 @@
+"""The gradient-boosting forecaster: mlforecast + LightGBM on lags, week of year and the known-future drivers."""
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+import lightgbm
+import numpy as np
+import pandas as pd
+from mlforecast import MLForecast
+from mlforecast.target_transforms import GlobalSklearnTransformer
+from sklearn.preprocessing import FunctionTransformer
+
+from sales_forecast.panel import Panel
+
+logger = logging.getLogger(__name__)
+
+LAGS = tuple(range(1, 53))  # the last year, week by week
+MIN_WEEKS = max(LAGS)  # weeks a series needs before the forecast origin; a shorter one takes the TTM forecast
+
+
+def week_of_year(dates: pd.DatetimeIndex) -> np.ndarray:
+    """ISO week of each date: the season, known for every future week."""
+    return dates.isocalendar().week.to_numpy(dtype=np.int64)
+
+
+def _regressor(trees: int, seed: int) -> lightgbm.LGBMRegressor:
+    """The peer's LightGBM (500 trees, learning rate 0.05, 31 leaves, row and column subsampling 0.8)."""
+    return lightgbm.LGBMRegressor(
+        n_estimators=trees,
+        learning_rate=0.05,
+        num_leaves=31,
+        min_child_samples=20,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        random_state=seed,
+        deterministic=True,
+        force_col_wise=True,
+        verbosity=-1,
+    )
+
+
+def _frame(panel: Panel, weeks: range) -> pd.DataFrame:
+    """Long rows of every series' observed weeks among `weeks` (from its start): unique_id (the series index), ds,
+    one y_<c> per target and one x_<d> per driver (raw units)."""
+    t = np.arange(weeks.stop)
+    series, t = np.nonzero((t[None] >= panel.start[:, None]) & (t >= weeks.start))
+    frame = pd.DataFrame({"unique_id": series, "ds": _calendar(panel, weeks.stop)[t]})
+    if weeks.start < len(panel.dates):
+        for c in range(len(panel.targets)):
+            frame[f"y_{c}"] = panel.values[series, t, c]
+    for d in range(len(panel.driver_specs)):
+        frame[f"x_{d}"] = panel.drivers[series, t, d]
+    return frame
+
+
+def _calendar(panel: Panel, n_weeks: int) -> pd.DatetimeIndex:
+    """The panel's weeks continued to n_weeks weeks (its future weeks after the data)."""
+    return pd.date_range(panel.dates[0], periods=n_weeks, freq=panel.dates.freq)
+
+
+@dataclass
+class GbmForecaster:
+    """One fitted mlforecast per target, saved as gbm.joblib in the model folder."""
+
+    forecasters: list[MLForecast]  # per target, in the panel's order
+    drivers: tuple  # the driver names its x_<d> columns hold
+
+
+def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
+    """The GBM of each target, fitted on every week of the panel (a backtest origin's panel ends before its test
+    window): target log1p, lags 1..52, week of year, the drivers (holiday flags too) as known-future features.
+    None when no series has more weeks than the longest lag (nothing to learn from)."""
+    if not (len(panel.dates) - panel.start > MIN_WEEKS).any():
+        logger.info("GBM: no series has more than %d weeks yet; the TTM forecast stands in for it here", MIN_WEEKS)
+        return None
+    started, frame = time.perf_counter(), _frame(panel, range(0, len(panel.dates)))
+    forecasters = []
+    for c in range(len(panel.targets)):
+        forecaster = MLForecast(
+            models={"gbm": _regressor(trees, seed)},
+            freq=panel.dates.freqstr,
+            lags=LAGS,
+            date_features=[week_of_year],
+            target_transforms=[GlobalSklearnTransformer(FunctionTransformer(np.log1p, np.expm1))],
+        )
+        other_targets = [f"y_{o}" for o in range(len(panel.targets)) if o != c]
+        with warnings.catch_warnings():  # series shorter than the lags give no rows; gbm_forecast leaves them out
+            warnings.filterwarnings("ignore", message=".*series were dropped completely")
+            forecaster.fit(frame.drop(columns=other_targets), target_col=f"y_{c}", static_features=[])
+        forecasters.append(forecaster)
+    logger.info(
+        "GBM: %d target(s) x %d trees fitted on %d series-weeks in %.1f s",
+        len(forecasters),
+        trees,
+        len(frame),
+        time.perf_counter() - started,
+    )
+    return GbmForecaster(forecasters, panel.driver_names)
+
+
+def gbm_forecast(gbm: GbmForecaster | None, panel: Panel, *, horizon: int) -> np.ndarray:
+    """(series, horizon, targets) forecast of the `horizon` weeks after the panel's last, from the panel's own weeks
+    (predict mode: new data) and the drivers of those weeks; NaN for a series with fewer than MIN_WEEKS weeks (the
+    TTM forecast takes its place, see forecast.blend) and everywhere when gbm is None."""
+    out = np.full((len(panel.keys), horizon, len(panel.targets)), np.nan)
+    if gbm is None:
+        return out
+    n_weeks = len(panel.dates)
+    history, future = _frame(panel, range(0, n_weeks)), _frame(panel, range(n_weeks, n_weeks + horizon))
+    for c, forecaster in enumerate(gbm.forecasters):
+        other_targets = [f"y_{o}" for o in range(len(panel.targets)) if o != c]
+        with warnings.catch_warnings():  # a series shorter than the lags has null lags; its forecast is dropped below
+            warnings.filterwarnings("ignore", message="Found null values in lag")
+            predicted = forecaster.predict(
+                horizon, new_df=history.drop(columns=other_targets), X_df=future if gbm.drivers else None
+            )
+        step = _calendar(panel, n_weeks + horizon)[n_weeks:].get_indexer(predicted["ds"])
+        out[predicted["unique_id"].to_numpy(), step, c] = predicted["gbm"].to_numpy()
+    short = len(panel.dates) - panel.start < MIN_WEEKS
+    out[short] = np.nan
+    return np.clip(out, 0, None)

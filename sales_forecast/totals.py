@@ -1,0 +1,139 @@
+"""Totals per id column and overall: bottom-up sums of the series' forecasts, with intervals of their own."""
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
+
+from sales_forecast.forecast import selected_forecast
+from sales_forecast.intervals import fit_intervals, interval_bounds
+from sales_forecast.selection import MIN_CALIBRATION_WINDOWS, OriginResult
+
+logger = logging.getLogger(__name__)
+
+TOTAL = "total"  # the level (nivel) and key (chave) of the sum of every series
+
+
+def level_labels(keys: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The group of each series at each level: its value of each id column, and TOTAL for the overall sum."""
+    return {column: keys[column].astype(str).to_numpy() for column in keys.columns} | {
+        TOTAL: np.full(len(keys), TOTAL)
+    }
+
+
+def sum_by(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The groups (sorted) and the sum of values (series, ...) over each group's series."""
+    groups, codes = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(groups), *values.shape[1:]))
+    np.add.at(sums, codes, values)
+    return groups, sums
+
+
+def level_scale(point: np.ndarray) -> np.ndarray:
+    """(groups, targets): the mean over the horizon of each group's forecast, the unit its interval errors are
+    measured in (a total has no scaler of its own; its forecast's level stands in)."""
+    return np.maximum(np.clip(point, 0, None).mean(axis=1), 1e-9)
+
+
+@dataclass(frozen=True)
+class LevelIntervals:
+    """One level's conformal intervals: per forecast week, or pooled over the weeks when the backtest had fewer
+    than MIN_CALIBRATION_WINDOWS windows of that level (a handful of UFs, one overall total)."""
+
+    conformal: PostHocProbabilisticProcessor | None
+    pooled: bool
+
+    def bounds(self, point: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Lower and upper bounds around the groups' point forecasts (groups, horizon, targets)."""
+        if self.conformal is None:
+            return None
+        scale = level_scale(point)
+        if not self.pooled:
+            return interval_bounds(self.conformal, point, scale)
+        groups, horizon, targets = point.shape
+        flat = point.reshape(groups * horizon, 1, targets)
+        lower, upper = interval_bounds(self.conformal, flat, np.repeat(scale, horizon, axis=0))
+        return lower.reshape(point.shape), upper.reshape(point.shape)
+
+
+def fit_level_intervals(errors: Sequence[tuple[np.ndarray, np.ndarray]], level: float) -> LevelIntervals:
+    """Conformal intervals on (actual, forecast) sums of the level's groups at each origin, in the groups' forecast
+    level (level_scale)."""
+    y = np.concatenate([actual / level_scale(point)[:, None] for actual, point in errors])
+    pred = np.concatenate([point / level_scale(point)[:, None] for _, point in errors])
+    pooled = len(y) < MIN_CALIBRATION_WINDOWS
+    if pooled:
+        y, pred = y.reshape(-1, 1, y.shape[2]), pred.reshape(-1, 1, pred.shape[2])
+    return LevelIntervals(fit_intervals(y, pred, level), pooled)
+
+
+def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The actual and the selected forecast of one origin's test window summed per group of one level."""
+    _, actual = sum_by(origin.y, labels)
+    _, point = sum_by(np.clip(selected_forecast(origin.forecasts, selection), 0, None), labels)
+    return actual, point
+
+
+def backtest_totals(
+    origins: Sequence[OriginResult], selection: dict[str, str], *, level: float, targets: tuple
+) -> tuple[dict[str, LevelIntervals], dict]:
+    """Per level: intervals calibrated on every origin, and the backtest figures for metricas.json: WAPE and bias of
+    the bottom-up totals (mean over origins) and the coverage on the last origin of intervals calibrated on the
+    others (held out)."""
+    intervals, figures = {}, {}
+    for name in level_labels(origins[-1].keys):
+        sums = [_level_sums(o, selection, level_labels(o.keys)[name]) for o in origins]
+        held_out = fit_level_intervals(sums[:-1], level) if len(sums) > 1 else LevelIntervals(None, True)
+        bounds = held_out.bounds(sums[-1][1])
+        by_target = {}
+        for c, target in enumerate(targets):
+            actual = [a[..., c] for a, _ in sums]
+            error = [p[..., c] - a[..., c] for a, p in sums]
+            by_target[target] = {
+                "wape": float(np.mean([np.abs(e).sum() / np.abs(a).sum() for e, a in zip(error, actual)])),
+                "bias": float(np.mean([e.sum() / np.abs(a).sum() for e, a in zip(error, actual)])),
+                "groups": int(len(sums[-1][0])),
+            }
+            if bounds is not None:
+                last = actual[-1]
+                inside = (last >= bounds[0][..., c]) & (last <= bounds[1][..., c])
+                by_target[target]["interval_coverage"] = float(inside.mean())
+        figures[name] = by_target
+        intervals[name] = fit_level_intervals(sums, level)
+    wapes = {name: "/".join(f"{values['wape']:.4f}" for values in f.values()) for name, f in figures.items()}
+    logger.info("Totals are bottom-up sums of the series' forecasts (not reconciled); backtest WAPE %s", wapes)
+    return intervals, figures
+
+
+def totals_frame(
+    forecast: pd.DataFrame,
+    intervals: dict[str, LevelIntervals] | None,
+    *,
+    id_columns: tuple,
+    targets: tuple,
+    date_column: str,
+) -> pd.DataFrame:
+    """previsoes_totais.csv rows from previsoes.csv's: per level (each id column, then the total), group and week,
+    the summed forecast of each target and the level's own bounds."""
+    frames = []
+    dates = np.sort(forecast[date_column].unique())
+    for name in (*id_columns, TOTAL):
+        labels = forecast[name].astype(str) if name != TOTAL else pd.Series(TOTAL, index=forecast.index)
+        summed = forecast.groupby([labels.rename("chave"), forecast[date_column]])[list(targets)].sum()
+        summed = summed.reindex(pd.MultiIndex.from_product([summed.index.levels[0], dates]), fill_value=0)
+        groups = summed.index.levels[0]
+        point = summed.to_numpy().reshape(len(groups), len(dates), len(targets))
+        frame = pd.DataFrame(
+            {"nivel": name, "chave": np.repeat(groups, len(dates)), date_column: np.tile(dates, len(groups))}
+        )
+        bounds = intervals[name].bounds(point) if intervals and name in intervals else None
+        for c, target in enumerate(targets):
+            frame[target] = point[..., c].ravel()
+            if bounds is not None:
+                frame[f"{target}_lower"] = np.minimum(bounds[0][..., c], point[..., c]).ravel()
+                frame[f"{target}_upper"] = np.maximum(bounds[1][..., c], point[..., c]).ravel()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,121 @@
+"""The gbm forecaster: fitted only on the weeks it is given, moved by its drivers, saved under the manifest."""
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import HORIZON, make_panel, run_args, settings_for
+
+import ttm_model
+from sales_forecast.forecast import blend
+from sales_forecast.gbm import MIN_WEEKS, fit_gbm, gbm_forecast
+from sales_forecast.panel import Driver, panel_until, resample_weekly
+from sales_forecast.sales_csv import InputError
+
+IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
+
+
+def _promo_panel(n_weeks: int = 120, seed: int = 0):
+    """A panel whose sales double in promotion weeks (one driver, known for HORIZON weeks after the data)."""
+    panel, _ = resample_weekly(
+        make_panel(n_weeks=n_weeks, seed=seed), date_column="date", id_columns=IDS, target_columns=TARGETS
+    )
+    rng = np.random.default_rng(seed)
+    promo = (rng.random((len(panel.keys), n_weeks + HORIZON, 1)) < 0.3).astype(float)
+    values = panel.values * (1 + promo[:, :n_weeks])
+    return dataclasses.replace(panel, values=values, drivers=promo, driver_specs=(Driver("promo"),))
+
+
+def test_gbm_reads_no_week_at_or_after_its_origin():
+    panel = _promo_panel()
+    end = 100
+    spiked = dataclasses.replace(panel, values=panel.values.copy())
+    spiked.values[:, end:] *= 1000
+    forecasts = [
+        gbm_forecast(fit_gbm(panel_until(p, end), trees=30, seed=0), panel_until(p, end), horizon=HORIZON)
+        for p in (panel, spiked)
+    ]
+    assert np.isfinite(forecasts[0]).all()
+    np.testing.assert_array_equal(forecasts[0], forecasts[1])
+
+
+def test_a_promotion_in_the_future_file_moves_the_gbm_forecast():
+    panel = _promo_panel()
+    gbm = fit_gbm(panel, trees=100, seed=0)
+    plans = []
+    for flag in (0.0, 1.0):
+        drivers = panel.drivers.copy()
+        drivers[:, len(panel.dates) :] = flag
+        plans.append(gbm_forecast(gbm, dataclasses.replace(panel, drivers=drivers), horizon=HORIZON))
+    assert plans[1].sum() > 1.5 * plans[0].sum()  # sales double in promotion weeks
+
+
+def test_series_too_short_for_the_gbm_take_the_ttm_forecast_in_every_blend():
+    panel = _promo_panel()
+    start = panel.start.copy()
+    start[0] = len(panel.dates) - MIN_WEEKS + 1  # fewer weeks than the longest lag
+    values = panel.values.copy()
+    values[0, : start[0]] = 0
+    short = dataclasses.replace(panel, start=start, values=values)
+    forecast = gbm_forecast(fit_gbm(short, trees=30, seed=0), short, horizon=HORIZON)
+    assert np.isnan(forecast[0]).all() and np.isfinite(forecast[1:]).all()
+    ttm = {"fine_tuned": np.full_like(forecast, 7.0), "zero_shot": np.full_like(forecast, 5.0), "gbm": forecast}
+    np.testing.assert_array_equal(blend(ttm, "gbm+fine_tuned")[0], 7.0)
+    np.testing.assert_array_equal(blend(ttm, "0.8*gbm+0.2*fine_tuned+0.0*zero_shot")[0], 7.0)
+    np.testing.assert_array_equal(blend(ttm, "gbm")[0], 5.0)  # gbm alone: the zero-shot forecast
+    np.testing.assert_allclose(blend(ttm, "0.8*gbm+0.2*fine_tuned")[1:], 0.8 * forecast[1:] + 1.4)
+
+
+def test_no_series_long_enough_gives_no_gbm_and_nan_forecasts():
+    panel = _promo_panel(n_weeks=MIN_WEEKS)
+    assert fit_gbm(panel, trees=10, seed=0) is None
+    assert np.isnan(gbm_forecast(None, panel, horizon=HORIZON)).all()
+
+
+@pytest.fixture(scope="module")
+def gbm_run(tmp_path_factory, model_dir):
+    """A short training run that forecasts with a fitted gbm blend."""
+    tmp = tmp_path_factory.mktemp("gbm_run")
+    data = tmp / "vendas.csv"
+    make_panel(n_weeks=110).to_csv(data, index=False)
+    metrics = ttm_model.main(run_args(tmp, model_dir, data, "--FORECAST_METHOD=gbm+fine_tuned@fitted"))
+    return tmp, data, metrics
+
+
+def test_predict_mode_reproduces_a_gbm_blend_and_the_manifest_covers_the_gbm(gbm_run, tmp_path):
+    tmp, data, metrics = gbm_run
+    final = tmp / "final"
+    selection = json.loads((final / "settings.json").read_text())["SELECTION"]
+    assert all(method.endswith("*fine_tuned") and "*gbm+" in method for method in selection.values())
+    assert metrics["selection"]["vendas"]["candidate"] == "gbm+fine_tuned@fitted"
+    assert "gbm.joblib" in json.loads((final / "manifest.json").read_text())["sha256"]
+    out = tmp_path / "pred"
+    ttm_model.main(["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={final}", f"--RESULTS_DIR={out}"])
+    pd.testing.assert_frame_equal(pd.read_csv(out / "previsoes.csv"), pd.read_csv(tmp / "results" / "previsoes.csv"))
+    with open(final / "gbm.joblib", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(SystemExit):
+        ttm_model.main(["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={final}", f"--RESULTS_DIR={out}"])
+
+
+def test_predict_refuses_a_gbm_method_the_folder_has_no_gbm_for(trained_without_gbm, tmp_path):
+    final, data = trained_without_gbm
+    argv = ["--MODE=predict", f"--DATA_PATH={data}", f"--FINAL_MODEL_DIR={final}", f"--RESULTS_DIR={tmp_path}"]
+    with pytest.raises(InputError, match="needs the gbm, which that training run did not save"):
+        ttm_model.run_predict(settings_for([*argv, "--FORECAST_METHOD=0.5*gbm+0.5*zero_shot"]), warnings=[])
+
+
+@pytest.fixture(scope="module")
+def trained_without_gbm(gbm_run, tmp_path_factory):
+    """The gbm run's folder without its gbm (as a run that did not select it writes it)."""
+    tmp, data, _ = gbm_run
+    final = tmp_path_factory.mktemp("no_gbm") / "final"
+    shutil.copytree(tmp / "final", final)
+    (final / "gbm.joblib").unlink()
+    manifest = json.loads((final / "manifest.json").read_text())
+    del manifest["sha256"]["gbm.joblib"]
+    (final / "manifest.json").write_text(json.dumps(manifest))
+    return final, data

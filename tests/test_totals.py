@@ -1,0 +1,73 @@
+"""Totals per id column and overall: bottom-up sums with intervals calibrated at their own level."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sales_forecast.selection import OriginResult
+from sales_forecast.totals import TOTAL, backtest_totals, totals_frame
+
+TARGETS = ("vendas", "faturamento")
+
+
+def _forecast(id_columns: tuple, n_weeks: int = 4, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    keys = pd.MultiIndex.from_product([[f"v{i}" for i in range(2 + k)] for k, _ in enumerate(id_columns)])
+    dates = pd.date_range("2024-01-07", periods=n_weeks, freq="W-SUN")
+    rows = pd.DataFrame([(*key, date) for key in keys for date in dates], columns=[*id_columns, "date"])
+    for target in TARGETS:
+        rows[target] = rng.uniform(10, 100, len(rows))
+    return rows
+
+
+def _origins(n_origins: int = 3, n_series: int = 60, horizon: int = 4, seed: int = 0) -> list[OriginResult]:
+    rng = np.random.default_rng(seed)
+    keys = pd.DataFrame(
+        {"produto_cat": [f"p{i % 20}" for i in range(n_series)], "uf_cat": [f"u{i % 3}" for i in range(n_series)]}
+    )
+    origins = []
+    for k in range(n_origins):
+        y = rng.uniform(50, 150, (n_series, horizon, 2))
+        forecast = y * rng.normal(1, 0.2, y.shape)
+        scale = np.full((n_series, 2), 30.0)
+        origins.append(OriginResult(f"2024-0{k + 1}-07", keys, y, {"zero_shot": forecast}, scale, scale, {}))
+    return origins
+
+
+@pytest.mark.parametrize("id_columns", [("produto_cat",), ("produto_cat", "uf_cat"), ("loja", "sku", "canal")])
+def test_totals_are_the_sums_of_the_series_forecasts_at_every_level(id_columns):
+    forecast = _forecast(id_columns)
+    totals = totals_frame(forecast, None, id_columns=id_columns, targets=TARGETS, date_column="date")
+    assert list(totals["nivel"].unique()) == [*id_columns, TOTAL]
+    for name in id_columns:
+        expected = forecast.groupby([name, "date"])[list(TARGETS)].sum().reset_index()
+        got = totals[totals["nivel"] == name].rename(columns={"chave": name})[[name, "date", *TARGETS]]
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)
+    overall = totals[totals["nivel"] == TOTAL].set_index("date")[list(TARGETS)]
+    pd.testing.assert_frame_equal(overall, forecast.groupby("date")[list(TARGETS)].sum(), check_names=False)
+    for name in id_columns:  # coherent: every level adds up to the overall total
+        level = totals[totals["nivel"] == name].groupby("date")[list(TARGETS)].sum()
+        np.testing.assert_allclose(level.to_numpy(), overall.to_numpy())
+
+
+def test_totals_bounds_come_from_their_own_level_and_are_ordered():
+    origins = _origins()
+    intervals, figures = backtest_totals(
+        origins, {"vendas": "zero_shot", "faturamento": "zero_shot"}, level=0.8, targets=TARGETS
+    )
+    assert set(figures) == {"produto_cat", "uf_cat", TOTAL}
+    assert figures["uf_cat"]["vendas"]["groups"] == 3 and figures[TOTAL]["vendas"]["groups"] == 1
+    assert intervals["produto_cat"].pooled is False and intervals[TOTAL].pooled is True  # 20 x 3 windows vs 3
+    for name in figures:
+        assert 0 <= figures[name]["vendas"]["wape"] < 0.3 and "interval_coverage" in figures[name]["vendas"]
+    # independent 20% errors cancel in sums: the total's interval is relatively narrower than a product's
+    forecast = _forecast(("produto_cat", "uf_cat"))
+    totals = totals_frame(
+        forecast, intervals, id_columns=("produto_cat", "uf_cat"), targets=TARGETS, date_column="date"
+    )
+    for target in TARGETS:
+        assert (totals[f"{target}_lower"] <= totals[target]).all() and (
+            totals[target] <= totals[f"{target}_upper"]
+        ).all()
+        width = (totals[f"{target}_upper"] - totals[f"{target}_lower"]) / totals[target]
+        assert width[totals["nivel"] == TOTAL].mean() < width[totals["nivel"] == "produto_cat"].mean()
