@@ -35,6 +35,7 @@ from sales_forecast.evaluation import mase_scale, plot_results, plot_totals, wri
 from sales_forecast.forecast import forecast_future, method_forecasts, method_parts
 from sales_forecast.gbm import fit_gbm
 from sales_forecast.inputs import load_sales, predict_inputs
+from sales_forecast.intervals import interval_scale
 from sales_forecast.model import DRIVER_BLOCKS, build_model, model_shape, unfreeze_only
 from sales_forecast.panel import Panel, panel_until
 from sales_forecast.report import collected_warnings, write_report
@@ -221,7 +222,7 @@ def backtest_origin(
         seen.keys.iloc[series].reset_index(drop=True),
         seen.values[series[:, None], split.test_start + np.arange(horizon)],
         forecasts,
-        known.scaling.scale[series],
+        interval_scale(seen.values, seen.start, split.test_start, known.scaling.scale)[series],
         mase_scale(seen.values, seen.start, split.test_start)[series],
         training,
     )

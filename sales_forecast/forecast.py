@@ -9,7 +9,7 @@ import torch
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
 from sales_forecast.gbm import MIN_WEEKS, GbmForecaster, gbm_forecast
-from sales_forecast.intervals import interval_bounds
+from sales_forecast.intervals import interval_bounds, interval_scale
 from sales_forecast.model import window_shape
 from sales_forecast.scaling import ScaledPanel
 from sales_forecast.windows import Windows, future_windows, window_dataset
@@ -176,7 +176,8 @@ def forecast_future(
         horizon,
         ", ".join(f"{target}: {method}" for target, method in selection.items()),
     )
-    bounds = None if conformal is None else interval_bounds(conformal, point, data.scaling.scale)
+    scale = interval_scale(panel.values, panel.start, len(panel.dates), data.scaling.scale)
+    bounds = None if conformal is None else interval_bounds(conformal, point, scale)
     dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
     return forecast_frame(
         panel.keys,

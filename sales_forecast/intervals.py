@@ -8,7 +8,18 @@ import pandas as pd
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 from utilsforecast.losses import scaled_crps
 
+from sales_forecast.evaluation import mase_scale
+
 logger = logging.getLogger(__name__)
+
+
+def interval_scale(values: np.ndarray, start: np.ndarray, end: int, std: np.ndarray) -> np.ndarray:
+    """(series, targets) scale that interval errors are measured in: each series' in-sample seasonal-naive MAE before
+    week `end` (evaluation.mase_scale: how hard the series is to forecast), its scaler's std where that is 0. In std
+    units a smooth series with a strong season got the wide interval of an erratic one: 80% intervals covered 87% of
+    the dunnhumby cut's real weeks (186 series kept by cutoff_check) while covering 76% in the backtest."""
+    mase = mase_scale(values, start, end)
+    return np.where(mase > 0, mase, std)
 
 
 def fit_intervals(y_true: np.ndarray, y_pred: np.ndarray, level: float) -> PostHocProbabilisticProcessor | None:

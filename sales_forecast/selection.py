@@ -25,7 +25,7 @@ class OriginResult:
     keys: pd.DataFrame  # id columns of each test window's series
     y: np.ndarray  # (windows, horizon, targets)
     forecasts: dict[str, np.ndarray]
-    scale: np.ndarray  # (windows, targets): the origin's scaler, which normalises interval errors
+    scale: np.ndarray  # (windows, targets): the scale interval errors are measured in (intervals.interval_scale)
     mase_scale: np.ndarray  # (windows, targets)
     training: dict
 

@@ -9,6 +9,7 @@ from conftest import HORIZON
 
 import config
 from sales_forecast.forecast import method_parts
+from sales_forecast.intervals import interval_scale
 from sales_forecast.selection import (
     OriginResult,
     calibration_origins,
@@ -127,3 +128,17 @@ def test_every_method_gets_interval_coverage_width_and_scaled_crps():
     naive = scores["vendas"]["naive"]
     assert 0.6 < naive["coverage"] < 0.95 and naive["width"] > 0 and 0 < naive["scaled_crps"] < 1
     assert scores["vendas"]["gbm+fine_tuned"]["width"] < naive["width"]  # independent errors average out
+
+
+def test_interval_scale_is_the_series_forecast_difficulty_not_its_spread():
+    """Two series with the same spread: a smooth season (each week like last year's) and noise. Their std is equal,
+    their seasonal-naive error is not: the smooth one gets the narrow interval; a constant one keeps its std."""
+    weeks = np.arange(156)
+    rng = np.random.default_rng(0)
+    smooth = 100 + 30 * np.sin(2 * np.pi * weeks / 52)
+    noisy = 100 + rng.normal(0, smooth.std(), len(weeks))
+    values = np.stack([smooth, noisy, np.full(len(weeks), 5.0)])[..., None]
+    std = values.std(axis=1)
+    scale = interval_scale(values, np.zeros(3, int), len(weeks), np.where(std > 0, std, 1.0))
+    assert scale[0, 0] < 0.01 * scale[1, 0]  # same std, a tiny seasonal-naive error
+    assert scale[2, 0] == 1.0  # no error to measure: the scaler's
