@@ -70,6 +70,19 @@ def fit_level_intervals(errors: Sequence[tuple[np.ndarray, np.ndarray]], level: 
     return LevelIntervals(fit_intervals(y, pred, level), pooled)
 
 
+def _latest(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The latest origins' sums until they hold MIN_CALIBRATION_WINDOWS windows (groups), or as many group-weeks
+    where all origins hold fewer windows (a few UFs, one total: pooled over weeks); selection.calibration_origins'
+    rule at this level. Earlier origins' models trained on fewer weeks and erred more."""
+    pooled = sum(len(actual) for actual, _ in sums) < MIN_CALIBRATION_WINDOWS
+    chosen = []
+    for actual, point in reversed(sums):
+        chosen.insert(0, (actual, point))
+        if sum(a.shape[0] * (a.shape[1] if pooled else 1) for a, _ in chosen) >= MIN_CALIBRATION_WINDOWS:
+            break
+    return chosen
+
+
 def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The actual and the selected forecast of one origin's test window summed per group of one level."""
     _, actual = sum_by(origin.y, labels)
@@ -80,13 +93,13 @@ def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndar
 def backtest_totals(
     origins: Sequence[OriginResult], selection: dict[str, str], *, level: float, targets: tuple
 ) -> tuple[dict[str, LevelIntervals], dict]:
-    """Per level: intervals calibrated on every origin, and the backtest figures for metricas.json: WAPE and bias of
-    the bottom-up totals (mean over origins) and the coverage on the last origin of intervals calibrated on the
-    others (held out)."""
+    """Per level: intervals calibrated on the latest origins (_latest), and the backtest figures for metricas.json:
+    WAPE and bias of the bottom-up totals (mean over origins) and the coverage on the last origin of intervals
+    calibrated on the origins before it (held out)."""
     intervals, figures = {}, {}
     for name in level_labels(origins[-1].keys):
         sums = [_level_sums(o, selection, level_labels(o.keys)[name]) for o in origins]
-        held_out = fit_level_intervals(sums[:-1], level) if len(sums) > 1 else LevelIntervals(None, True)
+        held_out = fit_level_intervals(_latest(sums[:-1]), level) if len(sums) > 1 else LevelIntervals(None, True)
         bounds = held_out.bounds(sums[-1][1])
         by_target = {}
         for c, target in enumerate(targets):
@@ -102,7 +115,7 @@ def backtest_totals(
                 inside = (last >= bounds[0][..., c]) & (last <= bounds[1][..., c])
                 by_target[target]["interval_coverage"] = float(inside.mean())
         figures[name] = by_target
-        intervals[name] = fit_level_intervals(sums, level)
+        intervals[name] = fit_level_intervals(_latest(sums), level)
     wapes = {name: "/".join(f"{values['wape']:.4f}" for values in f.values()) for name, f in figures.items()}
     logger.info("Totals are bottom-up sums of the series' forecasts (not reconciled); backtest WAPE %s", wapes)
     return intervals, figures

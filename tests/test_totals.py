@@ -1,5 +1,7 @@
 """Totals per id column and overall: bottom-up sums with intervals calibrated at their own level."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,3 +73,18 @@ def test_totals_bounds_come_from_their_own_level_and_are_ordered():
         ).all()
         width = (totals[f"{target}_upper"] - totals[f"{target}_lower"]) / totals[target]
         assert width[totals["nivel"] == TOTAL].mean() < width[totals["nivel"] == "produto_cat"].mean()
+
+
+def test_totals_calibrate_on_the_latest_origins_that_hold_enough_values():
+    """An early origin that erred 3x (a model trained on a year of data) leaves the UF intervals alone when the
+    latest origin holds enough UF-weeks; the one total, with 1 value a week, reaches back one origin more."""
+    origins, selection = _origins(horizon=26), {"vendas": "zero_shot", "faturamento": "zero_shot"}
+    first = origins[0]
+    wild = dataclasses.replace(first, forecasts={"zero_shot": first.y + 3 * (first.forecasts["zero_shot"] - first.y)})
+    calm, _ = backtest_totals(origins, selection, level=0.8, targets=TARGETS)
+    mixed, _ = backtest_totals([wild, *origins[1:]], selection, level=0.8, targets=TARGETS)
+    point = np.full((3, 26, 2), 1000.0)
+    np.testing.assert_array_equal(mixed["uf_cat"].bounds(point), calm["uf_cat"].bounds(point))  # 3 UFs x 26 weeks
+    total = np.full((1, 26, 2), 1000.0)
+    assert np.array_equal(mixed[TOTAL].bounds(total), calm[TOTAL].bounds(total))  # the last two origins: 52 weeks
+    assert not np.array_equal(mixed["produto_cat"].bounds(point), calm["produto_cat"].bounds(point))  # 20 a window
