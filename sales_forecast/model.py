@@ -40,7 +40,7 @@ def check_hub(model_id: str) -> None:
             raise InputError(
                 f"PRETRAINED_MODEL={model_id}: the Hugging Face Hub cannot be reached ({type(err).__name__}) and the "
                 "model is not in the local cache; work offline with a local folder: "
-                "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1 (README: 'Uso offline')"
+                "--PRETRAINED_MODEL=/path/to/ttm-90-30-ft-l1 (README: 'Solução de problemas')"
             ) from err
         logger.warning(
             "PRETRAINED_MODEL=%s: the Hub cannot be reached; loading the cached copy after the download retries "
