@@ -11,6 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_MODEL = ROOT.parent / "shared" / "ttm-weights" / "ttm-90-30-ft-l1"
 HORIZON = 8
+IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")  # make_panel's columns
+
+
+def weekly(df: pd.DataFrame):
+    """make_panel's rows resampled as the pipeline does: (panel, anchor)."""
+    from sales_forecast.panel import resample_weekly
+
+    return resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
 
 
 def settings_for(argv: list[str]):

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HORIZON, make_panel
+from conftest import HORIZON, IDS, TARGETS, make_panel, weekly
 
 from sales_forecast.panel import resample_weekly
 from sales_forecast.scaling import (
@@ -19,19 +19,13 @@ from sales_forecast.scaling import (
 )
 from sales_forecast.windows import split_by_time
 
-IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
-
-
-def _panel(df):
-    return resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
-
 
 def _split(panel):
     return split_by_time(panel, end=len(panel.dates), horizon=HORIZON, min_context=8, stride=1)
 
 
 def test_scaler_fitted_on_train_only(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     split = _split(panel)
     before = panel_scaling(fit_group_scaler(panel, fit_end=split.fit_end), panel)
     changed = panel.values.copy()
@@ -46,7 +40,7 @@ def test_scaler_fitted_on_train_only(panel_df):
 
 
 def test_vectorised_scaling_equals_tsp_and_round_trips(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     tsp = fit_group_scaler(panel, fit_end=np.full(len(panel.keys), 60))
     data = scale_panel(panel, tsp)
     assert data.scaling.known.all()
@@ -122,7 +116,7 @@ def test_scaling_round_trips_and_unscale_clips_at_zero():
 
 
 def test_fit_and_scale_is_the_scalers_fitted_before_fit_end(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     fit_end = np.full(len(panel.keys), 50)
     (tsp, drivers), data = fit_and_scale(panel, fit_end=fit_end)
     expected = scale_panel(panel, fit_group_scaler(panel, fit_end=fit_end))

@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import HORIZON
+from conftest import HORIZON, IDS, TARGETS, weekly
 from tsfm_public import ForecastDFDataset
 
-from sales_forecast.panel import resample_weekly
 from sales_forecast.sales_csv import InputError
 from sales_forecast.settings import BacktestSettings
 from sales_forecast.windows import (
@@ -21,19 +20,13 @@ from sales_forecast.windows import (
     split_by_time,
 )
 
-IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
-
-
-def _panel(df):
-    return resample_weekly(df, date_column="date", id_columns=IDS, target_columns=TARGETS)
-
 
 def _split(panel, stride=1, horizon=HORIZON):
     return split_by_time(panel, end=len(panel.dates), horizon=horizon, min_context=8, stride=stride)
 
 
 def test_split_no_leakage_and_every_combination(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     split = _split(panel)
     n = len(panel.keys)
     assert split.test_start == len(panel.dates) - HORIZON and split.valid_start == split.test_start - HORIZON
@@ -51,7 +44,7 @@ def test_split_no_leakage_and_every_combination(panel_df):
 
 def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
     new = panel_df[panel_df["produto_cat"] == "001"].tail(20).assign(produto_cat="NEW")
-    panel, _ = _panel(pd.concat([panel_df, new]))
+    panel, _ = weekly(pd.concat([panel_df, new]))
     splits = backtest_splits(panel, backtest=BacktestSettings(3, 5, 8, 1), horizon=HORIZON)
     assert [s.end for s in splits] == [70, 75, 80] and [s.test_start for s in splits] == [62, 67, 72]
     new_idx = int(np.flatnonzero(panel.keys["produto_cat"] == "NEW")[0])
@@ -65,14 +58,14 @@ def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
 
 
 def test_stride_keeps_latest_window(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     full, sparse = _split(panel), _split(panel, stride=4)
     assert len(sparse.train[0]) == pytest.approx(len(full.train[0]) / 4, abs=len(panel.keys))
     assert sparse.train[1].max() == full.train[1].max() == full.valid_start - 1
 
 
 def test_refit_trains_on_every_week(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     series, cuts = refit_windows(panel, min_context=8, stride=1)
     n_weeks = len(panel.dates)
     assert cuts.max() == n_weeks - 1 and set(series) == set(range(len(panel.keys)))
@@ -82,7 +75,7 @@ def test_refit_trains_on_every_week(panel_df):
 
 
 def test_windows_equal_forecastdfdataset(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     context = 20
     series = np.zeros(80 - context - HORIZON + 1, dtype=int)
     ours = WindowDataset(
@@ -111,7 +104,7 @@ def test_windows_equal_forecastdfdataset(panel_df):
 
 def test_batched_fetch_equals_per_window_items(panel_df):
     """The DataLoader's one-gather batches (__getitems__ + collate_windows) hold what per-item fetching gives."""
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     split = _split(panel)
     ds = WindowDataset(panel.values, panel.start, split.train, context=30, horizon=HORIZON, freq_token=9)
 
@@ -132,7 +125,7 @@ def test_batched_fetch_equals_per_window_items(panel_df):
 def test_windows_are_cut_on_the_datasets_device(panel_df):
     """GATHER_ON_GPU: every tensor of a batch is made on the dataset's device (a GPU in use; here the meta device,
     where a tensor left on the CPU raises), with the CPU batch's shapes and dtypes. Drivers and categories too."""
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     split = _split(panel)
     n = len(panel.keys)
     extra = {"drivers": np.ones((n, len(panel.dates) + HORIZON, 2)), "categories": np.zeros((n, 1), np.int64)}
@@ -154,7 +147,7 @@ def test_padding_is_masked():
 
 
 def test_future_window_is_cut_after_each_series_last_week(panel_df):
-    panel, _ = _panel(panel_df)
+    panel, _ = weekly(panel_df)
     series, cuts = future_windows(panel)
     assert list(series) == list(range(len(panel.keys))) and (cuts == len(panel.dates)).all()
 
