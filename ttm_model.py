@@ -43,7 +43,7 @@ from sales_forecast.sales_csv import ForecastCsv, InputError, write_forecasts
 from sales_forecast.scaling import ScaledPanel, fit_and_scale, scale_panel
 from sales_forecast.selection import Choice, OriginResult, choose_methods, refit_epochs
 from sales_forecast.settings import DataSettings, ModelSettings, Settings
-from sales_forecast.totals import backtest_totals, totals_frame
+from sales_forecast.totals import add_sums, backtest_totals, level_sums, totals_frame
 from sales_forecast.training import fine_tune, make_trainer, resume_checkpoint, run_fingerprint
 from sales_forecast.windows import Split, backtest_splits, refit_windows
 
@@ -131,7 +131,8 @@ def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bo
             choice,
             panel,
             models,
-            (*scalers, totals),
+            scalers,
+            totals,
             settings=settings,
             saved=saved,
             metrics=metrics,
@@ -274,7 +275,8 @@ def write_outputs(
     choice: Choice,
     panel: Panel,
     models: dict[str, torch.nn.Module],
-    fitted: tuple,
+    scalers: tuple,
+    totals: dict,
     *,
     settings: Settings,
     saved: dict,
@@ -282,12 +284,13 @@ def write_outputs(
     clock: PhaseClock,
     warnings: list[str],
 ) -> None:
-    """Section 8: previsoes.csv, previsoes_totais.csv, plots, final_ttm_model/ (fitted: the scalers and the totals'
-    intervals; saved: its settings.json), the metrics and the report page, under RESULTS_DIR."""
+    """Section 8: previsoes.csv, previsoes_totais.csv, plots, final_ttm_model/ (with the totals' intervals; saved:
+    its settings.json), the metrics and the report page, under RESULTS_DIR."""
     output, data = settings.output, settings.data
-    results, (*scalers, totals) = Path(output.results_dir), fitted
+    results = Path(output.results_dir)
     write_forecasts(forecast, results / "previsoes.csv", date_column=data.date_column)
-    totals_rows = write_totals(forecast, totals, data=data, results=results, level=output.interval_level)
+    sums = level_sums(forecast, id_columns=data.id_columns, targets=data.target_columns, date_column=data.date_column)
+    totals_rows = write_totals(sums, totals, data=data, results=results, level=output.interval_level)
     plot_results(
         panel,
         forecast,
@@ -298,7 +301,7 @@ def write_outputs(
         level=output.interval_level,
     )
     clock.lap("plots")
-    save_artifacts(models, tuple(scalers), choice.conformal, totals, saved, Path(output.final_model_dir))
+    save_artifacts(models, scalers, choice.conformal, totals, saved, Path(output.final_model_dir))
     clock.lap("save")
     write_metrics(metrics, choice.per_series, results)
     facts = run_facts(data, n_series=len(panel.keys), weeks=panel.dates, forecast=forecast)
@@ -315,7 +318,8 @@ def write_outputs(
 
 
 def run_facts(data: DataSettings, *, n_series: int, weeks: pd.DatetimeIndex, forecast: pd.DataFrame) -> dict:
-    """What the report page says ran: the file, the series, the weeks read and forecast."""
+    """What the report page says ran: the file, the series, the weeks read and forecast (forecast: rows of the
+    forecast weeks, previsoes.csv's or their totals)."""
     ahead = forecast[data.date_column]
     return {
         "arquivo": data.data_path,
@@ -327,13 +331,11 @@ def run_facts(data: DataSettings, *, n_series: int, weeks: pd.DatetimeIndex, for
     }
 
 
-def write_totals(
-    forecast: pd.DataFrame, totals: dict, *, data: DataSettings, results: Path, level: float
-) -> pd.DataFrame:
-    """previsoes_totais.csv and its plots: each id column's totals and the overall total, from previsoes.csv's
-    rows."""
+def write_totals(sums: pd.DataFrame, totals: dict, *, data: DataSettings, results: Path, level: float) -> pd.DataFrame:
+    """previsoes_totais.csv and its plots: each id column's totals and the overall total, from the level_sums of
+    previsoes.csv's rows."""
     frame = totals_frame(
-        forecast, totals, id_columns=data.id_columns, targets=data.target_columns, date_column=data.date_column
+        sums, totals, id_columns=data.id_columns, targets=data.target_columns, date_column=data.date_column
     )
     write_forecasts(frame, results / "previsoes_totais.csv", date_column=data.date_column)
     plot_totals(frame, results / "plots", targets=data.target_columns, date_column=data.date_column, level=level)
@@ -355,7 +357,7 @@ def run_predict(settings: Settings, *, warnings: list[str]) -> dict:
     data = DataSettings.of(saved.settings | new_files)  # the columns and drivers the model was trained with
     horizon = ModelSettings.of(saved.settings).prediction_length
     inputs = predict_inputs(data, horizon=horizon, part_rows=output.predict_part_rows, work_dir=results)
-    n_series, new, examples = 0, 0, []
+    n_series, new, examples, sums = 0, 0, [], []
     with contextlib.closing(inputs), ForecastCsv(results / "previsoes.csv", date_column=data.date_column) as out:
         for sales, future, span, source in inputs:
             clock.lap("read")
@@ -375,14 +377,13 @@ def run_predict(settings: Settings, *, warnings: list[str]) -> dict:
             )
             clock.lap("forecast")
             out.write(point)
+            columns = {"id_columns": data.id_columns, "targets": data.target_columns, "date_column": data.date_column}
+            sums.append(level_sums(point, **columns))
             clock.lap("write")
-    previsoes = pd.read_csv(
-        results / "previsoes.csv", dtype=dict.fromkeys(data.id_columns, str), parse_dates=[data.date_column]
-    )
-    totals = write_totals(previsoes, saved.totals, data=data, results=results, level=output.interval_level)
+    totals = write_totals(add_sums(sums), saved.totals, data=data, results=results, level=output.interval_level)
     write_report(
         results / REPORT,
-        facts=run_facts(data, n_series=n_series, weeks=weeks, forecast=previsoes) | {"modelo": output.final_model_dir},
+        facts=run_facts(data, n_series=n_series, weeks=weeks, forecast=totals) | {"modelo": output.final_model_dir},
         changed={"SELECTION": saved.settings["SELECTION"]},
         warnings=warnings,
         totals=totals,

@@ -121,23 +121,37 @@ def backtest_totals(
     return intervals, figures
 
 
+def level_sums(forecast: pd.DataFrame, *, id_columns: tuple, targets: tuple, date_column: str) -> pd.DataFrame:
+    """previsoes.csv rows summed per level (each id column, then the total), group and week: targets indexed by
+    (nivel, chave, date). Sums of parts of the series add up (add_sums): predict mode sums each part it forecasts."""
+    sums = {}
+    for name in (*id_columns, TOTAL):
+        labels = forecast[name].astype(str) if name != TOTAL else pd.Series(TOTAL, index=forecast.index)
+        sums[name] = forecast.groupby([labels.rename("chave"), forecast[date_column]])[list(targets)].sum()
+    return pd.concat(sums, names=["nivel"])
+
+
+def add_sums(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The level_sums of all the series from those of parts of them."""
+    return pd.concat(parts).groupby(level=[0, 1, 2], sort=False).sum()
+
+
 def totals_frame(
-    forecast: pd.DataFrame,
+    sums: pd.DataFrame,
     intervals: dict[str, LevelIntervals] | None,
     *,
     id_columns: tuple,
     targets: tuple,
     date_column: str,
 ) -> pd.DataFrame:
-    """previsoes_totais.csv rows from previsoes.csv's: per level (each id column, then the total), group and week,
-    the summed forecast of each target and the level's own bounds."""
+    """previsoes_totais.csv rows from level_sums: per level (each id column, then the total), group and week, the
+    summed forecast of each target and the level's own bounds."""
     frames = []
-    dates = np.sort(forecast[date_column].unique())
+    dates = np.sort(sums.index.unique(2))
     for name in (*id_columns, TOTAL):
-        labels = forecast[name].astype(str) if name != TOTAL else pd.Series(TOTAL, index=forecast.index)
-        summed = forecast.groupby([labels.rename("chave"), forecast[date_column]])[list(targets)].sum()
-        summed = summed.reindex(pd.MultiIndex.from_product([summed.index.levels[0], dates]), fill_value=0)
-        groups = summed.index.levels[0]
+        summed = sums.loc[name]
+        groups = np.sort(summed.index.unique(0))
+        summed = summed.reindex(pd.MultiIndex.from_product([groups, dates]), fill_value=0)
         point = summed.to_numpy().reshape(len(groups), len(dates), len(targets))
         frame = pd.DataFrame(
             {"nivel": name, "chave": np.repeat(groups, len(dates)), date_column: np.tile(dates, len(groups))}

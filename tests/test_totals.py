@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sales_forecast.selection import OriginResult
-from sales_forecast.totals import TOTAL, backtest_totals, totals_frame
+from sales_forecast.totals import TOTAL, add_sums, backtest_totals, level_sums, totals_frame
 
 TARGETS = ("vendas", "faturamento")
 
@@ -38,8 +38,8 @@ def _origins(n_origins: int = 3, n_series: int = 60, horizon: int = 4, seed: int
 
 @pytest.mark.parametrize("id_columns", [("produto_cat",), ("produto_cat", "uf_cat"), ("loja", "sku", "canal")])
 def test_totals_are_the_sums_of_the_series_forecasts_at_every_level(id_columns):
-    forecast = _forecast(id_columns)
-    totals = totals_frame(forecast, None, id_columns=id_columns, targets=TARGETS, date_column="date")
+    forecast, columns = _forecast(id_columns), {"id_columns": id_columns, "targets": TARGETS, "date_column": "date"}
+    totals = totals_frame(level_sums(forecast, **columns), None, **columns)
     assert list(totals["nivel"].unique()) == [*id_columns, TOTAL]
     for name in id_columns:
         expected = forecast.groupby([name, "date"])[list(TARGETS)].sum().reset_index()
@@ -50,6 +50,9 @@ def test_totals_are_the_sums_of_the_series_forecasts_at_every_level(id_columns):
     for name in id_columns:  # coherent: every level adds up to the overall total
         level = totals[totals["nivel"] == name].groupby("date")[list(TARGETS)].sum()
         np.testing.assert_allclose(level.to_numpy(), overall.to_numpy())
+    half = len(forecast) // 8 * 4  # the first half of the series (4 weeks each): predict mode sums part by part
+    parts = [level_sums(forecast.iloc[:half], **columns), level_sums(forecast.iloc[half:], **columns)]
+    pd.testing.assert_frame_equal(totals_frame(add_sums(parts), None, **columns), totals)
 
 
 def test_totals_bounds_come_from_their_own_level_and_are_ordered():
@@ -63,10 +66,8 @@ def test_totals_bounds_come_from_their_own_level_and_are_ordered():
     for name in figures:
         assert 0 <= figures[name]["vendas"]["wape"] < 0.3 and "interval_coverage" in figures[name]["vendas"]
     # independent 20% errors cancel in sums: the total's interval is relatively narrower than a product's
-    forecast = _forecast(("produto_cat", "uf_cat"))
-    totals = totals_frame(
-        forecast, intervals, id_columns=("produto_cat", "uf_cat"), targets=TARGETS, date_column="date"
-    )
+    columns = {"id_columns": ("produto_cat", "uf_cat"), "targets": TARGETS, "date_column": "date"}
+    totals = totals_frame(level_sums(_forecast(columns["id_columns"]), **columns), intervals, **columns)
     for target in TARGETS:
         assert (totals[f"{target}_lower"] <= totals[target]).all() and (
             totals[target] <= totals[f"{target}_upper"]
