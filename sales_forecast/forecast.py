@@ -21,10 +21,15 @@ FITTED = "@fitted"  # a blend whose weights the backtest fits (see selection.fit
 FALLBACK = "zero_shot"  # the forecast of a series none of a method's parts can forecast (a short series, gbm alone)
 
 
+def _weighted_parts(method: str) -> list[tuple[str, str]]:
+    """(weight as written, "" where none; forecast) of each part of a method's name, such as 0.6*gbm+0.4*fine_tuned."""
+    return [part.rpartition("*")[::2] for part in method.removesuffix(FITTED).split("+")]
+
+
 def method_parts(method: str) -> tuple[str, ...]:
     """The forecasts a method is made of: itself, or the parts of a blend such as fine_tuned+zero_shot or
     0.6*gbm+0.4*fine_tuned."""
-    return tuple(part.rpartition("*")[2] for part in method.removesuffix(FITTED).split("+"))
+    return tuple(part for _, part in _weighted_parts(method))
 
 
 def needed_forecasts(methods: Iterable[str]) -> set[str]:
@@ -36,7 +41,7 @@ def needed_forecasts(methods: Iterable[str]) -> set[str]:
 
 def method_weights(method: str) -> np.ndarray:
     """The weight of each part (1 where the name gives none), summing to 1."""
-    weights = np.array([float(part.rpartition("*")[0] or 1) for part in method.removesuffix(FITTED).split("+")])
+    weights = np.array([float(weight or 1) for weight, _ in _weighted_parts(method)])
     return weights / weights.sum() if weights.sum() else np.full(len(weights), 1 / len(weights))
 
 
