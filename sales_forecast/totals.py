@@ -10,7 +10,7 @@ from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
 from sales_forecast.forecast import selected_forecast
 from sales_forecast.intervals import fit_intervals, interval_bounds
-from sales_forecast.selection import MIN_CALIBRATION_WINDOWS, OriginResult
+from sales_forecast.selection import MIN_CALIBRATION_WINDOWS, OriginResult, latest_count
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +70,15 @@ def fit_level_intervals(errors: Sequence[tuple[np.ndarray, np.ndarray]], level: 
     return LevelIntervals(fit_intervals(y, pred, level), pooled)
 
 
-def _latest(sums: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The latest origins' sums until they hold MIN_CALIBRATION_WINDOWS windows (groups), or as many group-weeks
-    where all origins hold fewer windows (a few UFs, one total: pooled over weeks); selection.calibration_origins'
-    rule at this level. Earlier origins' models trained on fewer weeks and erred more."""
+def _latest(
+    origins: Sequence[OriginResult], sums: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The sums of the origins that calibrate this level's intervals: selection.latest_count's rule, counting
+    windows (groups), or group-weeks where all origins hold fewer than MIN_CALIBRATION_WINDOWS windows (a few UFs,
+    one total: pooled over weeks)."""
     pooled = sum(len(actual) for actual, _ in sums) < MIN_CALIBRATION_WINDOWS
-    chosen = []
-    for actual, point in reversed(sums):
-        chosen.insert(0, (actual, point))
-        if sum(a.shape[0] * (a.shape[1] if pooled else 1) for a, _ in chosen) >= MIN_CALIBRATION_WINDOWS:
-            break
-    return chosen
+    windows = [actual.shape[0] * (actual.shape[1] if pooled else 1) for actual, _ in sums]
+    return list(sums[-latest_count([o.start for o in origins], origins[-1].y.shape[1], windows) :])
 
 
 def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +97,11 @@ def backtest_totals(
     intervals, figures = {}, {}
     for name in level_labels(origins[-1].keys):
         sums = [_level_sums(o, selection, level_labels(o.keys)[name]) for o in origins]
-        held_out = fit_level_intervals(_latest(sums[:-1]), level) if len(sums) > 1 else LevelIntervals(None, True)
+        held_out = (
+            fit_level_intervals(_latest(origins[:-1], sums[:-1]), level)
+            if len(sums) > 1
+            else LevelIntervals(None, True)
+        )
         bounds = held_out.bounds(sums[-1][1])
         by_target = {}
         for c, target in enumerate(targets):
@@ -115,7 +117,7 @@ def backtest_totals(
                 inside = (last >= bounds[0][..., c]) & (last <= bounds[1][..., c])
                 by_target[target]["interval_coverage"] = float(inside.mean())
         figures[name] = by_target
-        intervals[name] = fit_level_intervals(_latest(sums), level)
+        intervals[name] = fit_level_intervals(_latest(origins, sums), level)
     wapes = {name: "/".join(f"{values['wape']:.4f}" for values in f.values()) for name, f in figures.items()}
     logger.info("Totals are bottom-up sums of the series' forecasts (not reconciled); backtest WAPE %s", wapes)
     return intervals, figures

@@ -109,11 +109,16 @@ def test_a_forced_method_with_weights_is_scored_and_used():
     assert figures["metrics"]["vendas"]["0.25*gbm+0.75*fine_tuned"]["wape"] == pytest.approx(0.0)
 
 
-def test_intervals_calibrate_on_the_latest_origins_holding_enough_windows():
-    small, large = _origin({}, n=30), _origin({}, n=60)
-    assert calibration_origins([large, small, small]) == [small, small]
-    assert calibration_origins([small, small, large]) == [large]
-    assert calibration_origins([small]) == [small]
+def test_intervals_calibrate_on_the_latest_origins_spanning_a_year_with_enough_windows():
+    def origin(weeks_before_last: int, n: int) -> OriginResult:
+        start = pd.Timestamp("2024-01-03") - pd.Timedelta(weeks=weeks_before_last)
+        return dataclasses.replace(_origin({}, n=n), start=str(start.date()))
+
+    origins = [origin(66, 60), origin(44, 60), origin(22, 60), origin(0, 60)]
+    assert calibration_origins(origins) == origins[1:]  # 44 weeks between the first and last start + 8: a year
+    few = [origin(66, 20), origin(44, 20), origin(22, 20), origin(0, 5)]
+    assert calibration_origins(few) == few  # a year in three, but only 45 windows: one origin more
+    assert calibration_origins(origins[-1:]) == origins[-1:]  # none spans a year: all of them
 
 
 def test_every_method_gets_interval_coverage_width_and_scaled_crps():

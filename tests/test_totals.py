@@ -32,7 +32,8 @@ def _origins(n_origins: int = 3, n_series: int = 60, horizon: int = 4, seed: int
         y = rng.uniform(50, 150, (n_series, horizon, 2))
         forecast = y * rng.normal(1, 0.2, y.shape)
         scale = np.full((n_series, 2), 30.0)
-        origins.append(OriginResult(f"2024-0{k + 1}-07", keys, y, {"zero_shot": forecast}, scale, scale, {}))
+        start = pd.Timestamp("2024-01-03") + pd.Timedelta(weeks=horizon * k)
+        origins.append(OriginResult(str(start.date()), keys, y, {"zero_shot": forecast}, scale, scale, {}))
     return origins
 
 
@@ -76,9 +77,9 @@ def test_totals_bounds_come_from_their_own_level_and_are_ordered():
         assert width[totals["nivel"] == TOTAL].mean() < width[totals["nivel"] == "produto_cat"].mean()
 
 
-def test_totals_calibrate_on_the_latest_origins_that_hold_enough_values():
-    """An early origin that erred 3x (a model trained on a year of data) leaves the UF intervals alone when the
-    latest origin holds enough UF-weeks; the one total, with 1 value a week, reaches back one origin more."""
+def test_totals_calibrate_on_the_latest_year_of_origins_that_hold_enough_values():
+    """An early origin that erred 3x (a model trained on a year of data) leaves the UF and total intervals alone: the
+    last two origins span a year and hold enough UF-weeks; the 20 products need all three for 50 windows."""
     origins, selection = _origins(horizon=26), {"vendas": "zero_shot", "faturamento": "zero_shot"}
     first = origins[0]
     wild = dataclasses.replace(first, forecasts={"zero_shot": first.y + 3 * (first.forecasts["zero_shot"] - first.y)})
@@ -89,3 +90,9 @@ def test_totals_calibrate_on_the_latest_origins_that_hold_enough_values():
     total = np.full((1, 26, 2), 1000.0)
     assert np.array_equal(mixed[TOTAL].bounds(total), calm[TOTAL].bounds(total))  # the last two origins: 52 weeks
     assert not np.array_equal(mixed["produto_cat"].bounds(point), calm["produto_cat"].bounds(point))  # 20 a window
+    second = origins[1]
+    wild = dataclasses.replace(
+        second, forecasts={"zero_shot": second.y + 3 * (second.forecasts["zero_shot"] - second.y)}
+    )
+    mixed, _ = backtest_totals([origins[0], wild, origins[2]], selection, level=0.8, targets=TARGETS)
+    assert not np.array_equal(mixed["uf_cat"].bounds(point), calm["uf_cat"].bounds(point))  # its season counts
