@@ -165,25 +165,25 @@ MIN_CALIBRATION_WINDOWS = 50  # intervals are calibrated on the latest origins t
 SEASON_WEEKS = 52  # ... and whose test windows span at least a year of weeks
 
 
-def latest_count(starts: Sequence[str], horizon: int, windows: Sequence[int]) -> int:
+def latest_count(origins: Sequence[OriginResult], windows: Sequence[int]) -> int:
     """How many of the latest origins calibrate intervals: the fewest whose test windows span SEASON_WEEKS weeks and
-    hold MIN_CALIBRATION_WINDOWS windows (all of them when none do). The latest errors are the most like the
-    future's (models trained on the most weeks, windows with the most history): on dunnhumby the first origin, with
-    a year of history, erred 1.3 x the others and made the 80% interval cover 88% of later weeks. A year of them
-    holds every season's errors: calibrated on the last origin alone (January to July), the 80% interval covered
-    0.87 / 0.85 of the real weeks of the dunnhumby cut (July to December); on the last two, 0.85 / 0.83."""
-    last = pd.Timestamp(starts[-1])
-    for count in range(1, len(starts) + 1):
-        span = (last - pd.Timestamp(starts[-count])).days / 7 + horizon
+    hold MIN_CALIBRATION_WINDOWS windows (windows: each origin's count; all of them when none do). The latest errors
+    are the most like the future's (models trained on the most weeks, windows with the most history): on dunnhumby
+    the first origin, with a year of history, erred 1.3 x the others and made the 80% interval cover 88% of later
+    weeks. A year of them holds every season's errors: calibrated on the last origin alone (January to July), the
+    80% interval covered 0.87 / 0.85 of the real weeks of the dunnhumby cut (July to December); on the last two,
+    0.85 / 0.83."""
+    last, horizon = pd.Timestamp(origins[-1].start), origins[-1].y.shape[1]
+    for count in range(1, len(origins) + 1):
+        span = (last - pd.Timestamp(origins[-count].start)).days / 7 + horizon
         if span >= SEASON_WEEKS and sum(windows[-count:]) >= MIN_CALIBRATION_WINDOWS:
             return count
-    return len(starts)
+    return len(origins)
 
 
 def calibration_origins(origins: Sequence[OriginResult]) -> list[OriginResult]:
     """The origins whose errors calibrate the intervals (latest_count)."""
-    count = latest_count([o.start for o in origins], origins[-1].y.shape[1], [len(o.y) for o in origins])
-    return list(origins[-count:])
+    return list(origins[-latest_count(origins, [len(o.y) for o in origins]) :])
 
 
 def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

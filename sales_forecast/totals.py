@@ -78,7 +78,7 @@ def _latest(
     one total: pooled over weeks)."""
     pooled = sum(len(actual) for actual, _ in sums) < MIN_CALIBRATION_WINDOWS
     windows = [actual.shape[0] * (actual.shape[1] if pooled else 1) for actual, _ in sums]
-    return list(sums[-latest_count([o.start for o in origins], origins[-1].y.shape[1], windows) :])
+    return list(sums[-latest_count(origins, windows) :])
 
 
 def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

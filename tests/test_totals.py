@@ -81,18 +81,16 @@ def test_totals_calibrate_on_the_latest_year_of_origins_that_hold_enough_values(
     """An early origin that erred 3x (a model trained on a year of data) leaves the UF and total intervals alone: the
     last two origins span a year and hold enough UF-weeks; the 20 products need all three for 50 windows."""
     origins, selection = _origins(horizon=26), {"vendas": "zero_shot", "faturamento": "zero_shot"}
-    first = origins[0]
-    wild = dataclasses.replace(first, forecasts={"zero_shot": first.y + 3 * (first.forecasts["zero_shot"] - first.y)})
+
+    def wild(o: OriginResult) -> OriginResult:  # its errors 3x
+        return dataclasses.replace(o, forecasts={"zero_shot": o.y + 3 * (o.forecasts["zero_shot"] - o.y)})
+
     calm, _ = backtest_totals(origins, selection, level=0.8, targets=TARGETS)
-    mixed, _ = backtest_totals([wild, *origins[1:]], selection, level=0.8, targets=TARGETS)
+    mixed, _ = backtest_totals([wild(origins[0]), *origins[1:]], selection, level=0.8, targets=TARGETS)
     point = np.full((3, 26, 2), 1000.0)
     np.testing.assert_array_equal(mixed["uf_cat"].bounds(point), calm["uf_cat"].bounds(point))  # 3 UFs x 26 weeks
     total = np.full((1, 26, 2), 1000.0)
     assert np.array_equal(mixed[TOTAL].bounds(total), calm[TOTAL].bounds(total))  # the last two origins: 52 weeks
     assert not np.array_equal(mixed["produto_cat"].bounds(point), calm["produto_cat"].bounds(point))  # 20 a window
-    second = origins[1]
-    wild = dataclasses.replace(
-        second, forecasts={"zero_shot": second.y + 3 * (second.forecasts["zero_shot"] - second.y)}
-    )
-    mixed, _ = backtest_totals([origins[0], wild, origins[2]], selection, level=0.8, targets=TARGETS)
+    mixed, _ = backtest_totals([origins[0], wild(origins[1]), origins[2]], selection, level=0.8, targets=TARGETS)
     assert not np.array_equal(mixed["uf_cat"].bounds(point), calm["uf_cat"].bounds(point))  # its season counts

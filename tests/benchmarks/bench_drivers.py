@@ -1,7 +1,6 @@
 """How close TTM's driver path comes to the gbm's where drivers decide sales: a synthetic panel, the default run.
 
-    python tests/benchmarks/bench_drivers.py -- \
-        --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1 --HOLIDAY_COUNTRY=
+    python tests/benchmarks/bench_drivers.py [--calendar] -- --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1
 
 Writes a panel (48 series x 200 weeks and its futuro.csv) whose weekly sales are proportional to the share of days
 the store was open (`abertura`: most weeks 1, some 2/7..6/7, a few 0: a closure) and lifted by promotion days
