@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 LAGS = tuple(range(1, 53))  # the last year, week by week
 MIN_WEEKS = max(LAGS)  # weeks a series needs before the forecast origin; a shorter one takes the TTM forecast
+SEEDS = 5  # LightGBM fits averaged per target (_regressor's seeds seed..seed+4), see fit_gbm
 
 
 def week_of_year(dates: pd.DatetimeIndex) -> np.ndarray:
@@ -75,7 +76,13 @@ class GbmForecaster:
 def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
     """The GBM of each target, fitted on every week of the panel (a backtest origin's panel ends before its test
     window): target log1p, lags 1..52, week of year, the drivers (holiday flags too) as known-future features.
-    None when no series has more weeks than the longest lag (nothing to learn from)."""
+    None when no series has more weeks than the longest lag (nothing to learn from).
+
+    Each target's forecast is the mean of SEEDS LightGBM fits that differ only in the seed of their row and column
+    subsampling (one MLForecast, the features built once): on the two later origins of the dunnhumby cut one fit
+    gave WAPE 0.251-0.257 / 0.246-0.250 with drivers by seed (seeds 42-45), the mean of 3 seeds 0.2505 / 0.2437,
+    of 5 seeds 0.2494 / 0.2439; without drivers 0.3543 / 0.3199 (seed 42) -> 0.3514 / 0.3167. Without subsampling
+    (one deterministic fit) 0.2564 / 0.2528."""
     if not (len(panel.dates) - panel.start > MIN_WEEKS).any():
         logger.info("GBM: no series has more than %d weeks yet; the TTM forecast stands in for it here", MIN_WEEKS)
         return None
@@ -83,7 +90,7 @@ def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
     forecasters = []
     for c in range(len(panel.targets)):
         forecaster = MLForecast(
-            models={"gbm": _regressor(trees, seed)},
+            models={f"gbm{k}": _regressor(trees, seed + k) for k in range(SEEDS)},
             freq=panel.dates.freqstr,
             lags=LAGS,
             date_features=[week_of_year],
@@ -95,8 +102,9 @@ def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
             forecaster.fit(frame.drop(columns=other_targets), target_col=f"y_{c}", static_features=[])
         forecasters.append(forecaster)
     logger.info(
-        "GBM: %d target(s) x %d trees fitted on %d series-weeks in %.1f s",
+        "GBM: %d target(s) x %d seeds x %d trees fitted on %d series-weeks in %.1f s",
         len(forecasters),
+        SEEDS,
         trees,
         len(frame),
         time.perf_counter() - started,
@@ -121,7 +129,7 @@ def gbm_forecast(gbm: GbmForecaster | None, panel: Panel, *, horizon: int) -> np
                 horizon, new_df=history.drop(columns=other_targets), X_df=future if gbm.drivers else None
             )
         step = _calendar(panel, n_weeks + horizon)[n_weeks:].get_indexer(predicted["ds"])
-        out[predicted["unique_id"].to_numpy(), step, c] = predicted["gbm"].to_numpy()
+        out[predicted["unique_id"].to_numpy(), step, c] = predicted[list(forecaster.models)].mean(axis=1).to_numpy()
     short = len(panel.dates) - panel.start < MIN_WEEKS
     out[short] = np.nan
     return np.clip(out, 0, None)

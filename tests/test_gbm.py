@@ -10,8 +10,9 @@ import pytest
 from conftest import HORIZON, make_panel, run_args, settings_for
 
 import ttm_model
+from sales_forecast import gbm as gbm_module
 from sales_forecast.forecast import blend
-from sales_forecast.gbm import MIN_WEEKS, fit_gbm, gbm_forecast
+from sales_forecast.gbm import MIN_WEEKS, SEEDS, fit_gbm, gbm_forecast
 from sales_forecast.panel import Driver, panel_until, resample_weekly
 from sales_forecast.sales_csv import InputError
 
@@ -51,6 +52,15 @@ def test_a_promotion_in_the_future_file_moves_the_gbm_forecast():
         drivers[:, len(panel.dates) :] = flag
         plans.append(gbm_forecast(gbm, dataclasses.replace(panel, drivers=drivers), horizon=HORIZON))
     assert plans[1].sum() > 1.5 * plans[0].sum()  # sales double in promotion weeks
+
+
+def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_only_in_their_seed(monkeypatch):
+    panel = _promo_panel()
+    averaged = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
+    monkeypatch.setattr(gbm_module, "SEEDS", 1)
+    single = [gbm_forecast(fit_gbm(panel, trees=30, seed=3 + k), panel, horizon=HORIZON) for k in range(SEEDS)]
+    assert np.abs(single[0] - single[1]).max() > 0  # the subsampling seeds make different fits
+    np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-9)
 
 
 def test_series_too_short_for_the_gbm_take_the_ttm_forecast_in_every_blend():

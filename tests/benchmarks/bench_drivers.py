@@ -1,6 +1,7 @@
 """How close TTM's driver path comes to the gbm's where drivers decide sales: a synthetic panel, the default run.
 
-    python tests/benchmarks/bench_drivers.py [--calendar] -- --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1
+    python tests/benchmarks/bench_drivers.py [--calendar] [--volume 100] \\
+        -- --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1
 
 Writes a panel (48 series x 200 weeks and its futuro.csv) whose weekly sales are proportional to the share of days
 the store was open (`abertura`: most weeks 1, some 2/7..6/7, a few 0: a closure) and lifted by promotion days
@@ -28,11 +29,18 @@ logger = logging.getLogger("bench_drivers")
 
 
 def drivers_panel(
-    n_series: int = 48, n_weeks: int = 200, horizon: int = 26, seed: int = 0, calendar: bool = False
+    n_series: int = 48,
+    n_weeks: int = 200,
+    horizon: int = 26,
+    seed: int = 0,
+    calendar: bool = False,
+    volume: float = 1.0,
 ) -> tuple:
     """(sales, future): weekly rows of produto_cat, uf_cat, vendas, faturamento, abertura, promocao. calendar: the
     drivers follow a calendar instead (promotions every other week for every series, lift up to 1.8x; closed on
-    Sundays, a holiday week per state every ~6 weeks at 5/7 open; 10% of the series closed 4..12 weeks in a row)."""
+    Sundays, a holiday week per state every ~6 weeks at 5/7 open; 10% of the series closed 4..12 weeks in a row).
+    volume: multiplies every series' sales rate (median ~33 units a week): the Poisson noise, ~1 / sqrt(rate) of
+    the level, shrinks, and what the drivers decide becomes most of what there is to forecast."""
     rng = np.random.default_rng(seed)
     dates = pd.date_range(end="2025-12-28", periods=n_weeks + horizon, freq="W-SUN")
     weeks = np.arange(n_weeks + horizon)
@@ -52,7 +60,7 @@ def drivers_panel(
             promo = np.where(rng.random(len(weeks)) < 0.12, rng.integers(1, 8, len(weeks)) / 7, 0.0)
             lift = 0.6
         season = 1 + rng.uniform(0.1, 0.3) * np.sin(2 * np.pi * (weeks + rng.integers(52)) / 52.18)
-        rate = rng.lognormal(3.5, 0.6) * season * open_share * (1 + lift * promo)
+        rate = volume * rng.lognormal(3.5, 0.6) * season * open_share * (1 + lift * promo)
         units = rng.poisson(np.clip(rate, 0, None)).astype(float)
         price = rng.uniform(5, 50)
         frames.append(
@@ -77,10 +85,11 @@ def drivers_panel(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calendar", action="store_true", help="drivers on a calendar (see drivers_panel)")
+    ap.add_argument("--volume", type=float, default=1.0, help="sales rate multiplier (see drivers_panel)")
     ap.add_argument("args", nargs="*", help="settings passed to ttm_model.py (after --)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_drivers_"))
-    history, future = drivers_panel(calendar=a.calendar)
+    history, future = drivers_panel(calendar=a.calendar, volume=a.volume)
     history.to_csv(work / "historico.csv", index=False)
     future.to_csv(work / "futuro.csv", index=False)
     metrics = ttm_model.main(
