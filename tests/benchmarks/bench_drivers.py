@@ -1,6 +1,6 @@
 """How close TTM's driver path comes to the gbm's where drivers decide sales: a synthetic panel, the default run.
 
-    python tests/benchmarks/bench_drivers.py [--calendar] [--volume 100] \\
+    python tests/benchmarks/bench_drivers.py [--calendar] [--volume 100] [--series 48] [--weeks 200] \\
         -- --PRETRAINED_MODEL=../shared/ttm-weights/ttm-90-30-ft-l1
 
 Writes a panel (48 series x 200 weeks and its futuro.csv) whose weekly sales are proportional to the share of days
@@ -85,11 +85,13 @@ def drivers_panel(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calendar", action="store_true", help="drivers on a calendar (see drivers_panel)")
+    ap.add_argument("--series", type=int, default=48, help="series in the panel (see drivers_panel)")
+    ap.add_argument("--weeks", type=int, default=200, help="weeks of history per series (see drivers_panel)")
     ap.add_argument("--volume", type=float, default=1.0, help="sales rate multiplier (see drivers_panel)")
     ap.add_argument("args", nargs="*", help="settings passed to ttm_model.py (after --)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_drivers_"))
-    history, future = drivers_panel(calendar=a.calendar, volume=a.volume)
+    history, future = drivers_panel(a.series, a.weeks, calendar=a.calendar, volume=a.volume)
     history.to_csv(work / "historico.csv", index=False)
     future.to_csv(work / "futuro.csv", index=False)
     metrics = ttm_model.main(
