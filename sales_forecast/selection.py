@@ -33,9 +33,7 @@ class OriginResult:
 def refit_epochs(origins: Sequence[OriginResult]) -> int:
     """Epochs for the final model: the best validation epochs of the origins, their median weighted by training
     windows (origins without training do not vote; 0 keeps the pretrained weights)."""
-    votes = [
-        (o.training["best_epoch"], o.training["train_windows"]) for o in origins if "valid_wape_best" in o.training
-    ]
+    votes = [(o.training["best_epoch"], o.training["train_windows"]) for o in origins if trained(o)]
     if not votes:
         return 0
     epochs, weights = np.array(votes, dtype=float).T
@@ -161,29 +159,49 @@ def score_backtest(
     return pd.concat(rows, ignore_index=True), figures, {t: f["method"] for t, f in chosen.items()}
 
 
-MIN_CALIBRATION_WINDOWS = 50  # intervals are calibrated on the latest origins that hold at least this many windows
-SEASON_WEEKS = 52  # ... and whose test windows span at least a year of weeks
+MIN_CALIBRATION_WINDOWS = 50  # intervals are calibrated on origins that hold at least this many windows
+SEASON_WEEKS = 52  # a year of weeks: the same season's origins first, else the latest spanning a year
 
 
-def latest_count(origins: Sequence[OriginResult], windows: Sequence[int]) -> int:
-    """How many of the latest origins calibrate intervals: the fewest whose test windows span SEASON_WEEKS weeks and
-    hold MIN_CALIBRATION_WINDOWS windows (windows: each origin's count; all of them when none do). The latest errors
-    are the most like the future's (models trained on the most weeks, windows with the most history): on dunnhumby
-    the first origin, with a year of history, erred 1.3 x the others and made the 80% interval cover 88% of later
-    weeks. A year of them holds every season's errors: calibrated on the last origin alone (January to July), the
-    80% interval covered 0.87 / 0.85 of the real weeks of the dunnhumby cut (July to December); on the last two,
-    0.85 / 0.83."""
+def trained(origin: OriginResult) -> bool:
+    """Whether the origin had training and validation windows (without them its fine_tuned is the pretrained model)."""
+    return "valid_wape_best" in origin.training
+
+
+def next_week(origins: Sequence[OriginResult]) -> pd.Timestamp:
+    """The first week after the last origin's test window: the future's first forecast week."""
+    return pd.Timestamp(origins[-1].start) + pd.Timedelta(weeks=origins[-1].y.shape[1])
+
+
+def calibration_indices(
+    origins: Sequence[OriginResult], windows: Sequence[int], first_week: str | pd.Timestamp
+) -> list[int]:
+    """Which origins calibrate the intervals of forecasts from `first_week` on (windows: each origin's count).
+
+    The same season first: the trained origins whose test windows start a whole number of years (SEASON_WEEKS
+    weeks) before first_week, when they hold MIN_CALIBRATION_WINDOWS windows. Errors follow the season: on the
+    dunnhumby cut (real weeks July to December), calibrated on the July-December origin a year before, the 80%
+    interval covered 0.818 / 0.807 of the real weeks with drivers and 0.795 / 0.784 without; on the latest year of
+    origins (both halves of the year) 0.854 / 0.843 and 0.825 / 0.824; on the latest origin alone (January to July)
+    0.872 / 0.867. An origin without training (a year of history or less) erred 1.3 x the others there: it stays out.
+    Otherwise the latest year: the fewest latest origins whose test windows span SEASON_WEEKS weeks and hold
+    MIN_CALIBRATION_WINDOWS windows (all of them when none do), every season's errors in one pool; the latest
+    errors are the most like the future's (models trained on the most weeks, windows with the most history).
+    """
+    first = pd.Timestamp(first_week)
+    same = [
+        i
+        for i, o in enumerate(origins)
+        if trained(o) and round((first - pd.Timestamp(o.start)).days / 7) % SEASON_WEEKS == 0
+    ]
+    if same and sum(windows[i] for i in same) >= MIN_CALIBRATION_WINDOWS:
+        return same
     last, horizon = pd.Timestamp(origins[-1].start), origins[-1].y.shape[1]
     for count in range(1, len(origins) + 1):
         span = (last - pd.Timestamp(origins[-count].start)).days / 7 + horizon
         if span >= SEASON_WEEKS and sum(windows[-count:]) >= MIN_CALIBRATION_WINDOWS:
-            return count
-    return len(origins)
-
-
-def calibration_origins(origins: Sequence[OriginResult]) -> list[OriginResult]:
-    """The origins whose errors calibrate the intervals (latest_count)."""
-    return list(origins[-latest_count(origins, [len(o.y) for o in origins]) :])
+            return list(range(len(origins) - count, len(origins)))
+    return list(range(len(origins)))
 
 
 def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,24 +215,28 @@ def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray
 def backtest_intervals(
     origins: Sequence[OriginResult], selection: dict[str, str], level: float
 ) -> tuple[PostHocProbabilisticProcessor | None, dict, tuple[np.ndarray, np.ndarray] | None]:
-    """Intervals calibrated on the selected forecasts of the calibration origins; their coverage measured on the
-    last origin with intervals calibrated on the origins before it only (held out).
+    """Intervals calibrated on the selected forecasts of the origins calibration_indices picks for the future; their
+    coverage measured on the last origin with intervals calibrated on the origins before it only (held out).
 
     Returns the intervals for the future, the coverage figures and the last origin's held-out bounds (or None).
     """
 
-    def calibrate(part: Sequence[OriginResult]) -> PostHocProbabilisticProcessor | None:
-        part = calibration_origins(part)
-        return fit_intervals(*_calibration(part, [selected_forecast(o.forecasts, selection) for o in part]), level)
+    def calibrate(part: Sequence[OriginResult], first_week) -> tuple[PostHocProbabilisticProcessor | None, list]:
+        part = [part[i] for i in calibration_indices(part, [len(o.y) for o in part], first_week)]
+        forecasts = [selected_forecast(o.forecasts, selection) for o in part]
+        return fit_intervals(*_calibration(part, forecasts), level), [o.start for o in part]
 
-    figures, held_out, bounds = {"interval_level": level}, calibrate(origins[:-1]) if len(origins) > 1 else None, None
+    held_out = calibrate(origins[:-1], origins[-1].start)[0] if len(origins) > 1 else None
+    future, starts = calibrate(origins, next_week(origins))
+    logger.info("Intervals calibrated on the errors of the backtest origins %s", ", ".join(starts))
+    figures, bounds = {"interval_level": level, "interval_calibration_origins": starts}, None
     if held_out is not None:
         last = origins[-1]
         bounds = interval_bounds(held_out, selected_forecast(last.forecasts, selection), last.scale)
         inside = ((last.y >= bounds[0]) & (last.y <= bounds[1])).mean(axis=(0, 1))
         figures["interval_coverage"] = dict(zip(selection, map(float, inside)))
         figures["interval_coverage_origin"] = last.start
-    return calibrate(origins), figures, bounds
+    return future, figures, bounds
 
 
 def method_intervals(
@@ -225,11 +247,11 @@ def method_intervals(
     if len(origins) < 2:
         return {}
     weights = fitted_blends(origins, methods, len(targets))
-    calibration = calibration_origins(origins[:-1])
-    first = len(origins) - 1 - len(calibration)
+    chosen = calibration_indices(origins[:-1], [len(o.y) for o in origins[:-1]], origins[-1].start)
+    calibration = [origins[i] for i in chosen]
     scores: dict = {}
     for method in methods:
-        forecasts = [method_forecast(o.forecasts, method, weights[first + k]) for k, o in enumerate(calibration)]
+        forecasts = [method_forecast(origins[i].forecasts, method, weights[i]) for i in chosen]
         last = origins[-1]
         point = method_forecast(last.forecasts, method, weights[-2])
         figures = interval_scores(

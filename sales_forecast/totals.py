@@ -10,7 +10,7 @@ from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
 from sales_forecast.forecast import selected_forecast
 from sales_forecast.intervals import fit_intervals, interval_bounds
-from sales_forecast.selection import MIN_CALIBRATION_WINDOWS, OriginResult, latest_count
+from sales_forecast.selection import MIN_CALIBRATION_WINDOWS, OriginResult, calibration_indices, next_week
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +70,15 @@ def fit_level_intervals(errors: Sequence[tuple[np.ndarray, np.ndarray]], level: 
     return LevelIntervals(fit_intervals(y, pred, level), pooled)
 
 
-def _latest(
-    origins: Sequence[OriginResult], sums: Sequence[tuple[np.ndarray, np.ndarray]]
+def _calibration_sums(
+    origins: Sequence[OriginResult], sums: Sequence[tuple[np.ndarray, np.ndarray]], first_week: str | pd.Timestamp
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The sums of the origins that calibrate this level's intervals: selection.latest_count's rule, counting
-    windows (groups), or group-weeks where all origins hold fewer than MIN_CALIBRATION_WINDOWS windows (a few UFs,
-    one total: pooled over weeks)."""
+    """The sums of the origins that calibrate this level's intervals for forecasts from first_week on:
+    selection.calibration_indices' rule, counting windows (groups), or group-weeks where all origins hold fewer than
+    MIN_CALIBRATION_WINDOWS windows (a few UFs, one total: pooled over weeks)."""
     pooled = sum(len(actual) for actual, _ in sums) < MIN_CALIBRATION_WINDOWS
     windows = [actual.shape[0] * (actual.shape[1] if pooled else 1) for actual, _ in sums]
-    return list(sums[-latest_count(origins, windows) :])
+    return [sums[i] for i in calibration_indices(origins, windows, first_week)]
 
 
 def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,14 +91,14 @@ def _level_sums(origin: OriginResult, selection: dict[str, str], labels: np.ndar
 def backtest_totals(
     origins: Sequence[OriginResult], selection: dict[str, str], *, level: float, targets: tuple
 ) -> tuple[dict[str, LevelIntervals], dict]:
-    """Per level: intervals calibrated on the latest origins (_latest), and the backtest figures for metricas.json:
+    """Per level: intervals calibrated on the origins of _calibration_sums, and the backtest figures for metricas.json:
     WAPE and bias of the bottom-up totals (mean over origins) and the coverage on the last origin of intervals
     calibrated on the origins before it (held out)."""
     intervals, figures = {}, {}
     for name in level_labels(origins[-1].keys):
         sums = [_level_sums(o, selection, level_labels(o.keys)[name]) for o in origins]
         held_out = (
-            fit_level_intervals(_latest(origins[:-1], sums[:-1]), level)
+            fit_level_intervals(_calibration_sums(origins[:-1], sums[:-1], origins[-1].start), level)
             if len(sums) > 1
             else LevelIntervals(None, True)
         )
@@ -117,7 +117,7 @@ def backtest_totals(
                 inside = (last >= bounds[0][..., c]) & (last <= bounds[1][..., c])
                 by_target[target]["interval_coverage"] = float(inside.mean())
         figures[name] = by_target
-        intervals[name] = fit_level_intervals(_latest(origins, sums), level)
+        intervals[name] = fit_level_intervals(_calibration_sums(origins, sums, next_week(origins)), level)
     wapes = {name: "/".join(f"{values['wape']:.4f}" for values in f.values()) for name, f in figures.items()}
     logger.info("Totals are bottom-up sums of the series' forecasts (not reconciled); backtest WAPE %s", wapes)
     return intervals, figures

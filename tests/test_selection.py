@@ -9,11 +9,13 @@ from conftest import HORIZON
 
 import config
 from sales_forecast.forecast import method_parts
-from sales_forecast.intervals import interval_scale
+from sales_forecast.intervals import interval_bounds, interval_scale
 from sales_forecast.selection import (
     OriginResult,
-    calibration_origins,
+    backtest_intervals,
+    calibration_indices,
     method_intervals,
+    next_week,
     refit_epochs,
     score_backtest,
 )
@@ -109,16 +111,47 @@ def test_a_forced_method_with_weights_is_scored_and_used():
     assert figures["metrics"]["vendas"]["0.25*gbm+0.75*fine_tuned"]["wape"] == pytest.approx(0.0)
 
 
-def test_intervals_calibrate_on_the_latest_origins_spanning_a_year_with_enough_windows():
-    def origin(weeks_before_last: int, n: int) -> OriginResult:
-        start = pd.Timestamp("2024-01-03") - pd.Timedelta(weeks=weeks_before_last)
-        return dataclasses.replace(_origin({}, n=n), start=str(start.date()))
+TRAINED = {"best_epoch": 3, "train_windows": 100, "valid_wape_best": 0.3}
 
-    origins = [origin(66, 60), origin(44, 60), origin(22, 60), origin(0, 60)]
-    assert calibration_origins(origins) == origins[1:]  # 44 weeks between the first and last start + 8: a year
-    few = [origin(66, 20), origin(44, 20), origin(22, 20), origin(0, 5)]
-    assert calibration_origins(few) == few  # a year in three, but only 45 windows: one origin more
-    assert calibration_origins(origins[-1:]) == origins[-1:]  # none spans a year: all of them
+
+def _origin_at(first_week: pd.Timestamp, weeks_before: int, n: int, trained: bool = True) -> OriginResult:
+    start = first_week - pd.Timedelta(weeks=weeks_before)
+    return dataclasses.replace(_origin({}, TRAINED if trained else None, n=n), start=str(start.date()))
+
+
+def test_intervals_calibrate_on_the_same_season_a_year_before_else_on_the_latest_year():
+    first = pd.Timestamp("2024-06-05")
+    origins = [_origin_at(first, weeks, 60) for weeks in (104, 60, 52, HORIZON)]
+    assert next_week(origins) == first
+    windows = [len(o.y) for o in origins]
+    assert calibration_indices(origins, windows, first) == [0, 2]  # one and two years before
+    untrained = [*origins[:2], _origin_at(first, 52, 60, trained=False), origins[3]]
+    assert calibration_indices(untrained, windows, first) == [0]  # an origin that never trained stays out
+    # too few windows a year before: the latest origins spanning a year with 50 windows (60 + 8 weeks, 3 x 20)
+    assert calibration_indices(origins, [20] * 4, first) == [1, 2, 3]
+    assert calibration_indices(origins[-1:], [60], first) == [0]  # none spans a year: all of them
+    untrained = [_origin_at(first, HORIZON + weeks, 60, trained=False) for weeks in (66, 44, 22, 0)]
+    assert calibration_indices(untrained, windows, first) == [1, 2, 3]  # 44 weeks between starts + 8: a year
+
+
+def test_the_future_interval_is_as_wide_as_the_errors_of_the_same_weeks_a_year_before():
+    rng = np.random.default_rng(0)
+    first = pd.Timestamp("2024-06-05")
+
+    def origin(weeks_before: int, spread: float, trained: bool = True) -> OriginResult:
+        o = _origin_at(first, weeks_before, 200, trained)
+        noisy = o.y + rng.normal(0, spread, o.y.shape)
+        return dataclasses.replace(o, forecasts=dict.fromkeys(o.forecasts, noisy))
+
+    def width(origins: list[OriginResult]) -> float:
+        conformal, _, _ = backtest_intervals(origins, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)
+        lower, upper = interval_bounds(conformal, np.full((1, HORIZON, 2), 100.0), np.ones((1, 2)))
+        return float((upper - lower).mean())
+
+    calm_season = [origin(60, 30.0), origin(52, 5.0), origin(16, 30.0), origin(HORIZON, 30.0)]
+    assert width(calm_season) == pytest.approx(2 * 1.28 * 5.0, rel=0.2)  # the errors of a year before
+    untrained = [calm_season[0], origin(52, 5.0, trained=False), *calm_season[2:]]
+    assert width(untrained) > 4 * width(calm_season)  # the latest year's, mostly 30-wide errors
 
 
 def test_every_method_gets_interval_coverage_width_and_scaled_crps():
