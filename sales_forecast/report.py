@@ -101,6 +101,12 @@ def _coverage_section(metrics: dict) -> str:
             f"<p>Na última origem ({metrics['interval_coverage_origin']}), com intervalos calibrados só nas origens "
             f"anteriores, as semanas reais caíram dentro do intervalo em: {html.escape(covered)}.</p>"
         )
+    if "interval_calibration_origins" in metrics:
+        origins = html.escape(", ".join(metrics["interval_calibration_origins"]))
+        parts.append(
+            f"<p>Os intervalos da previsão foram calibrados nos erros das origens {origins} (a que previu as mesmas "
+            "semanas um ano antes, quando ela teve treino e janelas suficientes; senão, o último ano de origens).</p>"
+        )
     for target, by_method in metrics.get("intervals_by_method", {}).items():
         frame = pd.DataFrame(by_method).T.rename_axis("método")
         frame.columns = ["cobertura", "largura ÷ real médio", "CRPS escalado"]

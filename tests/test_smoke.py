@@ -97,6 +97,7 @@ def test_forecast_file(trained):
         ).all()
         assert (future[f"{target}_lower"] >= 0).all()
     assert 0 <= metrics["interval_coverage"]["vendas"] <= 1 and metrics["interval_coverage_origin"] == "2023-05-21"
+    assert metrics["interval_calibration_origins"]  # which origins calibrated the future's intervals
 
 
 def test_predict_mode_reproduces_training_forecast(trained, tmp_path):
@@ -391,9 +392,9 @@ def test_totals_file_sums_the_forecasts_per_level(trained):
 
 
 def test_report_page_is_self_contained_with_every_section(trained):
-    tmp, _, _ = trained
-    page = _Page()
-    page.feed((tmp / "results" / "relatorio.html").read_text(encoding="utf-8"))
+    tmp, _, metrics = trained
+    page, text = _Page(), (tmp / "results" / "relatorio.html").read_text(encoding="utf-8")
+    page.feed(text)
     assert page.headings == [
         "Previsão de vendas e faturamento",
         "O que rodou",
@@ -404,6 +405,7 @@ def test_report_page_is_self_contained_with_every_section(trained):
         "Cobertura dos intervalos (80%)",
     ]
     assert page.external == [] and len(page.images) >= 4 and all(s.startswith("data:image/png") for s in page.images)
+    assert "calibrados nos erros das origens " + ", ".join(metrics["interval_calibration_origins"]) in text
 
 
 def test_predict_writes_totals_and_a_shorter_page(trained, tmp_path):
