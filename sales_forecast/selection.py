@@ -204,6 +204,11 @@ def calibration_indices(
     return list(range(len(origins)))
 
 
+def series_calibration(origins: Sequence[OriginResult], first_week: str | pd.Timestamp) -> list[int]:
+    """calibration_indices for the series' intervals: each origin counts its test windows."""
+    return calibration_indices(origins, [len(o.y) for o in origins], first_week)
+
+
 def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Actuals and forecasts of the origins' windows in each series' scale."""
     return (
@@ -222,7 +227,7 @@ def backtest_intervals(
     """
 
     def calibrate(part: Sequence[OriginResult], first_week) -> tuple[PostHocProbabilisticProcessor | None, list]:
-        part = [part[i] for i in calibration_indices(part, [len(o.y) for o in part], first_week)]
+        part = [part[i] for i in series_calibration(part, first_week)]
         forecasts = [selected_forecast(o.forecasts, selection) for o in part]
         return fit_intervals(*_calibration(part, forecasts), level), [o.start for o in part]
 
@@ -247,7 +252,7 @@ def method_intervals(
     if len(origins) < 2:
         return {}
     weights = fitted_blends(origins, methods, len(targets))
-    chosen = calibration_indices(origins[:-1], [len(o.y) for o in origins[:-1]], origins[-1].start)
+    chosen = series_calibration(origins[:-1], origins[-1].start)
     calibration = [origins[i] for i in chosen]
     scores: dict = {}
     for method in methods:
