@@ -21,6 +21,7 @@ from sales_forecast.selection import (
 )
 
 TARGETS = ("vendas", "faturamento")
+TRAINED = {"best_epoch": 3, "train_windows": 100, "valid_wape_best": 0.3}
 
 
 def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) -> OriginResult:
@@ -93,8 +94,8 @@ def test_selection_picks_the_gbm_or_its_blend_when_it_wins_and_keeps_ttm_when_no
 
 def test_fitted_blend_weights_come_from_earlier_origins_only():
     # gbm errs +3 and fine_tuned -1: 0.25/0.75 cancels exactly; equal weights leave +1
-    origins = [_origin({"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0})]
-    origins *= 3
+    errors = {"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0}
+    origins = [_origin(errors, TRAINED)] * 3
     _, figures, selection = _score(origins)
     used = figures["backtest"]["blend_weights"]["gbm+fine_tuned@fitted"]["vendas"]
     assert used == ["0.50*gbm+0.50*fine_tuned"] + ["0.25*gbm+0.75*fine_tuned"] * 3  # origin 1: equal, none before
@@ -104,14 +105,20 @@ def test_fitted_blend_weights_come_from_earlier_origins_only():
     assert per_origin == pytest.approx([0.01, 0.0, 0.0])
 
 
+def test_fitted_blend_weights_ignore_origins_without_training():
+    # an untrained origin where 0.10/0.90 would cancel, then trained ones where 0.25/0.75 does
+    untrained = _origin({"gbm": -9.0, "fine_tuned": 1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0})
+    errors = {"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0}
+    figures = _score([untrained, _origin(errors, TRAINED), _origin(errors, TRAINED)])[1]
+    used = figures["backtest"]["blend_weights"]["gbm+fine_tuned@fitted"]["vendas"]
+    assert used == ["0.50*gbm+0.50*fine_tuned"] * 2 + ["0.25*gbm+0.75*fine_tuned"] * 2
+
+
 def test_a_forced_method_with_weights_is_scored_and_used():
     origins = [_origin({"gbm": 3.0, "fine_tuned": -1.0, "zero_shot": 20.0, "seasonal_naive": 30.0, "naive": 40.0})]
     _, figures, selection = _score(origins, forced="0.25*gbm+0.75*fine_tuned")
     assert selection["vendas"] == "0.25*gbm+0.75*fine_tuned"
     assert figures["metrics"]["vendas"]["0.25*gbm+0.75*fine_tuned"]["wape"] == pytest.approx(0.0)
-
-
-TRAINED = {"best_epoch": 3, "train_windows": 100, "valid_wape_best": 0.3}
 
 
 def _origin_at(first_week: pd.Timestamp, weeks_before: int, n: int, trained: bool = True) -> OriginResult:
