@@ -94,16 +94,16 @@ def fitted_blends(origins: Sequence[OriginResult], methods: tuple, n_targets: in
     origin of the dunnhumby cut set gbm's faturamento weight to 0 for the next origin: WAPE 0.2164 there, 0.2079
     with equal weights)."""
     fitted = [m for m in methods if m.endswith(FITTED)]
-    return [
-        {
-            m: [
-                weighted_name(method_parts(m), fit_weights(list(filter(trained, origins[:k])), method_parts(m), c))
-                for c in range(n_targets)
-            ]
-            for m in fitted
-        }
-        for k in range(len(origins) + 1)
-    ]
+    weights = []
+    for k in range(len(origins) + 1):
+        earlier = [o for o in origins[:k] if trained(o)]
+        weights.append(
+            {
+                m: [weighted_name(method_parts(m), fit_weights(earlier, method_parts(m), c)) for c in range(n_targets)]
+                for m in fitted
+            }
+        )
+    return weights
 
 
 def method_forecast(forecasts: dict[str, np.ndarray], method: str, fitted: dict[str, list[str]]) -> np.ndarray:
