@@ -54,6 +54,49 @@ def test_a_promotion_in_the_future_file_moves_the_gbm_forecast():
     assert plans[1].sum() > 1.5 * plans[0].sum()  # sales double in promotion weeks
 
 
+def test_a_promotion_in_the_future_file_moves_the_gbm_forecast_of_the_week_after_it():
+    panel = _promo_panel()
+    n_weeks = len(panel.dates)
+    week_before = np.concatenate([np.zeros_like(panel.drivers[:, :1]), panel.drivers[:, :-1]], axis=1)[:, :n_weeks]
+    base = panel.values / (1 + panel.drivers[:, :n_weeks])  # no lift in the promotion week itself: its sales do not
+    dip = dataclasses.replace(panel, values=base * (1 - 0.6 * week_before))  # tell the next week it follows one
+    gbm = fit_gbm(dip, trees=100, seed=0)
+    plans = []
+    for flag in (0.0, 1.0):  # a promotion in the first future week, or none; none in the second
+        drivers = dip.drivers.copy()
+        drivers[:, n_weeks:] = 0.0
+        drivers[:, n_weeks] = flag
+        plans.append(gbm_forecast(gbm, dataclasses.replace(dip, drivers=drivers), horizon=HORIZON))
+    assert plans[1][:, 1].sum() < 0.75 * plans[0][:, 1].sum()  # the week after it: sales of its lag 1 driver
+
+
+def test_the_gbm_frame_holds_each_driver_of_the_weeks_before_known_for_the_future_too():
+    panel = _promo_panel(n_weeks=60)
+    n_weeks, x = len(panel.dates), panel.drivers[..., 0]
+    history = gbm_module._frame(panel, range(0, n_weeks), (1, 2))
+    future = gbm_module._frame(panel, range(n_weeks, n_weeks + HORIZON), (1, 2))
+    first = history[history["unique_id"] == 2]
+    np.testing.assert_array_equal(first["x_0_lag1"].to_numpy()[1:], x[2, : n_weeks - 1])
+    np.testing.assert_array_equal(first["x_0_lag2"].to_numpy()[2:], x[2, : n_weeks - 2])
+    assert np.isnan(first["x_0_lag1"].iloc[0]) and np.isnan(first["x_0_lag2"].iloc[:2]).all()
+    np.testing.assert_array_equal(first["y_1"], panel.values[2, :, 1])
+    ahead = future[future["unique_id"] == 2]
+    np.testing.assert_array_equal(ahead["x_0_lag1"], x[2, n_weeks - 1 : -1])  # the last weeks of data, then the plan
+    np.testing.assert_array_equal(ahead["x_0_lag2"], x[2, n_weeks - 2 : -2])
+    assert len(ahead) == HORIZON and not any(c.startswith("y_") for c in future.columns)
+
+
+def test_a_gbm_of_an_earlier_version_without_driver_lags_still_forecasts(monkeypatch):
+    panel = _promo_panel()
+    monkeypatch.setattr(gbm_module, "DRIVER_LAGS", ())
+    earlier = fit_gbm(panel, trees=30, seed=0)
+    expected = gbm_forecast(earlier, panel, horizon=HORIZON)
+    monkeypatch.undo()
+    del earlier.driver_lags  # unpickled from a gbm.joblib written before the field existed
+    np.testing.assert_array_equal(gbm_forecast(earlier, panel, horizon=HORIZON), expected)
+    assert fit_gbm(panel, trees=30, seed=0).driver_lags == gbm_module.DRIVER_LAGS == (1, 2)
+
+
 def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_only_in_their_seed(monkeypatch):
     panel = _promo_panel()
     averaged = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
