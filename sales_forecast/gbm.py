@@ -87,9 +87,8 @@ class GbmForecaster:
 
 def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
     """The GBM of each target, fitted on every week of the panel (a backtest origin's panel ends before its test
-    window): target log1p, lags 1..52, week of year, the drivers (holiday flags too) and their
-    DRIVER_LAGS as known-future features.
-    None when no series has more weeks than the longest lag (nothing to learn from).
+    window): target log1p, lags 1..52, week of year, the drivers (holiday flags too) and their DRIVER_LAGS as
+    known-future features. None when no series has more weeks than the longest lag (nothing to learn from).
 
     Each target's forecast is the mean of SEEDS LightGBM fits that differ only in the seed of their row and column
     subsampling (one MLForecast, the features built once): on the two later origins of the dunnhumby cut one fit
