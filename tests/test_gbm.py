@@ -12,7 +12,7 @@ from conftest import HORIZON, make_panel, run_args, settings_for
 import ttm_model
 from sales_forecast import gbm as gbm_module
 from sales_forecast.forecast import blend
-from sales_forecast.gbm import MIN_WEEKS, SEEDS, fit_gbm, gbm_forecast
+from sales_forecast.gbm import FITS, MIN_WEEKS, fit_gbm, gbm_forecast
 from sales_forecast.panel import Driver, panel_until, resample_weekly
 from sales_forecast.sales_csv import InputError
 
@@ -97,12 +97,18 @@ def test_a_gbm_of_an_earlier_version_without_driver_lags_still_forecasts(monkeyp
     assert fit_gbm(panel, trees=30, seed=0).driver_lags == gbm_module.DRIVER_LAGS == (1, 2)
 
 
-def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_only_in_their_seed(monkeypatch):
+def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_in_their_loss_and_seed(monkeypatch):
     panel = _promo_panel()
     averaged = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
-    monkeypatch.setattr(gbm_module, "SEEDS", 1)
-    single = [gbm_forecast(fit_gbm(panel, trees=30, seed=3 + k), panel, horizon=HORIZON) for k in range(SEEDS)]
-    assert np.abs(single[0] - single[1]).max() > 0  # the subsampling seeds make different fits
+    single = []
+    for k, objective in enumerate(FITS):
+        monkeypatch.setattr(gbm_module, "FITS", (objective,))
+        single.append(gbm_forecast(fit_gbm(panel, trees=30, seed=3 + k), panel, horizon=HORIZON))
+    assert set(FITS) == {"l1", "huber"}
+    assert np.abs(single[0] - single[2]).max() > 0  # the subsampling seeds make different fits
+    monkeypatch.setattr(gbm_module, "FITS", ("l1",))
+    l1_seed_4 = gbm_forecast(fit_gbm(panel, trees=30, seed=4), panel, horizon=HORIZON)
+    assert np.abs(single[1] - l1_seed_4).max() > 0  # the huber fit is not the L1 fit of the same seed
     np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-9)
 
 
