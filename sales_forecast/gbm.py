@@ -1,8 +1,10 @@
 """The gradient-boosting forecaster: mlforecast + LightGBM on lags, week of year and the known-future drivers."""
 
 import logging
+import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import lightgbm
@@ -44,7 +46,7 @@ def week_of_year(dates: pd.DatetimeIndex) -> np.ndarray:
     return dates.isocalendar().week.to_numpy(dtype=np.int64)
 
 
-def _regressor(trees: int, seed: int, objective: str) -> lightgbm.LGBMRegressor:
+def _regressor(trees: int, seed: int, objective: str, threads: int) -> lightgbm.LGBMRegressor:
     """The peer's LightGBM (500 trees, learning rate 0.05, 31 leaves, row and column subsampling 0.8) with one of
     FITS' objectives instead of L2 (backtest of the dunnhumby cut, mean WAPE vendas / faturamento, L2 -> L1:
     0.391 / 0.341 -> 0.354 / 0.320 without drivers, 0.258 / 0.251 -> 0.257 / 0.248 with)."""
@@ -61,6 +63,7 @@ def _regressor(trees: int, seed: int, objective: str) -> lightgbm.LGBMRegressor:
         random_state=seed,
         deterministic=True,
         force_col_wise=True,
+        n_jobs=threads,
         verbosity=-1,
     )
 
@@ -105,25 +108,33 @@ def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
     their row and column subsampling (one MLForecast, the features built once): on the two later origins of the
     dunnhumby cut one L1 fit gave WAPE 0.251-0.257 / 0.246-0.250 with drivers by seed (seeds 42-45), the mean of 3
     seeds 0.2505 / 0.2437, of 5 seeds 0.2494 / 0.2439; without drivers 0.3543 / 0.3199 (seed 42) -> 0.3514 / 0.3167.
-    Without subsampling (one deterministic fit) 0.2564 / 0.2528."""
+    Without subsampling (one deterministic fit) 0.2564 / 0.2528.
+
+    The targets are fitted side by side, each fit on cpu_count / targets cores: the same forecasts as one target
+    after the other on every core (column-wise histograms do not depend on the thread count; a test compares), since
+    one LightGBM fit of these few rows uses 2 cores at 1.5x one core's speed (dunnhumby with drivers, 2 cores, both
+    targets: 17.5-20.9 s -> 13.4-14.9 s)."""
     if not (len(panel.dates) - panel.start > MIN_WEEKS).any():
         logger.info("GBM: no series has more than %d weeks yet; the TTM forecast stands in for it here", MIN_WEEKS)
         return None
     started, frame = time.perf_counter(), _frame(panel, range(0, len(panel.dates)), DRIVER_LAGS)
-    forecasters = []
-    for c in range(len(panel.targets)):
+    threads = max(1, (os.cpu_count() or 1) // len(panel.targets))
+
+    def fit(c: int) -> MLForecast:
         forecaster = MLForecast(
-            models={f"gbm{k}": _regressor(trees, seed + k, objective) for k, objective in enumerate(FITS)},
+            models={f"gbm{k}": _regressor(trees, seed + k, objective, threads) for k, objective in enumerate(FITS)},
             freq=panel.dates.freqstr,
             lags=LAGS,
             date_features=[week_of_year],
             target_transforms=[GlobalSklearnTransformer(FunctionTransformer(np.log1p, np.expm1))],
         )
         other_targets = [f"y_{o}" for o in range(len(panel.targets)) if o != c]
-        with warnings.catch_warnings():  # series shorter than the lags give no rows; gbm_forecast leaves them out
-            warnings.filterwarnings("ignore", message=".*series were dropped completely")
-            forecaster.fit(frame.drop(columns=other_targets), target_col=f"y_{c}", static_features=[])
-        forecasters.append(forecaster)
+        return forecaster.fit(frame.drop(columns=other_targets), target_col=f"y_{c}", static_features=[])
+
+    with warnings.catch_warnings(), ThreadPoolExecutor(len(panel.targets)) as pool:
+        # series shorter than the lags give no rows; gbm_forecast leaves them out
+        warnings.filterwarnings("ignore", message=".*series were dropped completely")
+        forecasters = list(pool.map(fit, range(len(panel.targets))))
     logger.info(
         "GBM: %d target(s) x %d fits (%s) x %d trees fitted on %d series-weeks in %.1f s",
         len(forecasters),

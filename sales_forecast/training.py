@@ -14,7 +14,15 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    EarlyStoppingCallback,
+    EvalPrediction,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from sales_forecast.distributed import barrier, compute_device, is_main_process, world_size
@@ -125,6 +133,7 @@ def make_trainer(
         metric_for_best_model="wape" if metric else None,
         greater_is_better=False,
         save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # an interrupted training resumes its early-stopping count
         num_train_epochs=epochs or settings.num_train_epochs,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=4 * batch_size,
@@ -200,10 +209,23 @@ def run_fingerprint(settings: Settings, panel: Panel) -> str:
     return digest.hexdigest()
 
 
+def stopped_epoch(checkpoint: str | None) -> float | None:
+    """The epoch at which the training that wrote `checkpoint` stopped (early stopping, or its last epoch); None when
+    it was interrupted, or for no checkpoint."""
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+    control = state.stateful_callbacks.get("TrainerControl", {}).get("args", {})
+    return state.epoch if control.get("should_training_stop") else None
+
+
 def fine_tune(trainer: Trainer, *, checkpoint: str | None) -> dict:
     """Train with early stopping on validation WAPE; return the training figures, with best_epoch 0 when no epoch
-    beat the pretrained weights."""
+    beat the pretrained weights. Resuming a training that had stopped trains no further: it only loads the best
+    checkpoint (the Trainer does not restore the early-stopping count, so it went on to NUM_TRAIN_EPOCHS and a
+    rerun of a finished run forecast with other weights than the run it repeated)."""
     pretrained = trainer.evaluate()["eval_wape"]
+    trainer.args.num_train_epochs = stopped_epoch(checkpoint) or trainer.args.num_train_epochs
     out = trainer.train(resume_from_checkpoint=checkpoint)
     state, runtime = trainer.state, out.metrics["train_runtime"]
     best_epoch = 0

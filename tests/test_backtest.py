@@ -64,3 +64,27 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
     assert np.isfinite(results[0].forecasts["gbm"]).all()
     for method in results[0].forecasts:
         np.testing.assert_array_equal(results[0].forecasts[method], results[1].forecasts[method])
+
+
+def test_rerunning_an_origin_whose_training_stopped_early_trains_no_further(pretrained, tmp_path):
+    argv = [a for a in SETTINGS if not a.startswith(("--NUM_TRAIN_EPOCHS", "--LEARNING_RATE"))]
+    settings = settings_for([*argv, "--NUM_TRAIN_EPOCHS=8", "--LEARNING_RATE=0.5"])  # diverges: stops early
+    panel, _ = resample_weekly(make_panel(n_weeks=90), date_column="date", id_columns=IDS, target_columns=TARGETS)
+    split = backtest_splits(panel, backtest=settings.backtest, horizon=HORIZON)[0]
+    model, zero_shot = pretrained
+    first, again = (
+        backtest_origin(
+            panel,
+            split,
+            pretrained=model,
+            zero_shot=zero_shot,
+            settings=settings,
+            out_dir=tmp_path,
+            resume=("x", False),
+        )
+        for _ in range(2)
+    )
+    assert first.training["epochs"] < 8  # early stopping ended it
+    assert again.training["epochs"] == first.training["epochs"]
+    assert again.training["valid_wape_best"] == first.training["valid_wape_best"]
+    np.testing.assert_array_equal(again.forecasts["fine_tuned"], first.forecasts["fine_tuned"])

@@ -112,6 +112,17 @@ def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_in_their_loss_and_seed
     np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-9)
 
 
+def test_targets_fitted_side_by_side_forecast_as_each_target_fitted_alone_on_every_core(monkeypatch):
+    monkeypatch.setattr(gbm_module.os, "cpu_count", lambda: 4)  # side by side 2 threads per fit, alone 4
+    panel = _promo_panel()
+    both = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
+    for c, target in enumerate(TARGETS):
+        alone = dataclasses.replace(panel, values=panel.values[..., [c]], targets=(target,))
+        np.testing.assert_array_equal(
+            gbm_forecast(fit_gbm(alone, trees=30, seed=3), alone, horizon=HORIZON)[..., 0], both[..., c]
+        )
+
+
 def test_series_too_short_for_the_gbm_take_the_ttm_forecast_in_every_blend():
     panel = _promo_panel()
     start = panel.start.copy()

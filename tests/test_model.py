@@ -1,4 +1,5 @@
-"""The model: pretrained TTM loaded for the run's shape, fc1/fc2-based unfreezing, and ShortAxisSoftmax's parity."""
+"""The model: pretrained TTM loaded for the run's shape, fc1/fc2-based unfreezing, ShortAxisSoftmax's and
+PackedDropout's parity with their torch twins."""
 
 import copy
 
@@ -7,7 +8,7 @@ import torch
 from conftest import HORIZON
 from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerGatedAttention
 
-from sales_forecast.model import ShortAxisSoftmax, build_model, unfreeze_only, window_shape
+from sales_forecast.model import PackedDropout, ShortAxisSoftmax, build_model, unfreeze_only, window_shape
 from sales_forecast.sales_csv import InputError
 
 
@@ -79,3 +80,31 @@ def test_unreachable_hub_fails_at_once(monkeypatch, tmp_path):
 def test_window_shape_is_the_models_context_and_weekly_token(model_dir):
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     assert window_shape(model) == {"context": 90, "freq_token": 9}  # r2.1 models read weekly "W" = 9
+
+
+def test_packed_dropout_drops_at_torchs_rate_and_scale_and_passes_gradients_through_kept_activations():
+    torch.manual_seed(0)
+    inputs = (torch.rand(64, 11, 126) + 1).requires_grad_()
+    for rate in (0.1, 0.4, 0.7):
+        ours, twin = PackedDropout(rate), torch.nn.Dropout(rate)
+        out = ours(inputs)
+        kept = out != 0
+        assert abs(kept.float().mean().item() - (1 - rate)) < 0.01  # 88,704 activations: 5 standard deviations
+        torch.testing.assert_close(out[kept], (inputs / (1 - rate))[kept], rtol=1e-4, atol=0)
+        assert abs(out.mean().item() / inputs.mean().item() - 1) < 0.01  # unbiased, as torch's
+        assert abs(twin(inputs).mean().item() / inputs.mean().item() - 1) < 0.01
+        out.sum().backward()
+        torch.testing.assert_close(inputs.grad, kept / (1 - rate), rtol=1e-4, atol=0)
+        inputs.grad = None
+    torch.manual_seed(1)
+    first = PackedDropout(0.4)(inputs)
+    torch.manual_seed(1)
+    assert torch.equal(first, PackedDropout(0.4)(inputs))  # the run's seed fixes the masks
+    assert torch.equal(PackedDropout(0.4).eval()(inputs), inputs) and torch.equal(PackedDropout(0.0)(inputs), inputs)
+
+
+def test_every_dropout_layer_of_the_run_model_is_packed_at_its_rate(model_dir):
+    loaded = build_model(model_dir, context_length=104, prediction_length=26, prefer_l1=True, num_channels=2)
+    rates = [m.p for m in loaded.modules() if isinstance(m, (torch.nn.Dropout, PackedDropout))]
+    assert rates and not any(type(m) is torch.nn.Dropout for m in loaded.modules())
+    assert set(rates) == {loaded.config.dropout, loaded.config.head_dropout} - {0}
