@@ -222,8 +222,9 @@ def stopped_epoch(checkpoint: str | None) -> float | None:
 def fine_tune(trainer: Trainer, *, checkpoint: str | None) -> dict:
     """Train with early stopping on validation WAPE; return the training figures, with best_epoch 0 when no epoch
     beat the pretrained weights. Resuming a training that had stopped trains no further: it only loads the best
-    checkpoint (the Trainer does not restore the early-stopping count, so it went on to NUM_TRAIN_EPOCHS and a
-    rerun of a finished run forecast with other weights than the run it repeated)."""
+    checkpoint. The Trainer clears its stop flag when it resumes: without its early-stopping count it trained on to
+    NUM_TRAIN_EPOCHS, with it at least one more epoch, and a rerun of a finished run could forecast with other
+    weights than the run it repeated."""
     pretrained = trainer.evaluate()["eval_wape"]
     trainer.args.num_train_epochs = stopped_epoch(checkpoint) or trainer.args.num_train_epochs
     out = trainer.train(resume_from_checkpoint=checkpoint)
