@@ -1,7 +1,6 @@
 """The gradient-boosting forecaster: mlforecast + LightGBM on lags, week of year and the known-future drivers."""
 
 import logging
-import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 import lightgbm
 import numpy as np
 import pandas as pd
+import torch
 from mlforecast import MLForecast
 from mlforecast.feature_engineering import transform_exog
 from mlforecast.target_transforms import GlobalSklearnTransformer
@@ -110,7 +110,7 @@ def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
     seeds 0.2505 / 0.2437, of 5 seeds 0.2494 / 0.2439; without drivers 0.3543 / 0.3199 (seed 42) -> 0.3514 / 0.3167.
     Without subsampling (one deterministic fit) 0.2564 / 0.2528.
 
-    The targets are fitted side by side, each fit on cpu_count / targets cores: the same forecasts as one target
+    The targets are fitted side by side, each fit on the run's cores / targets: the same forecasts as one target
     after the other on every core (column-wise histograms do not depend on the thread count; a test compares), since
     one LightGBM fit of these few rows uses 2 cores at 1.5x one core's speed (dunnhumby with drivers, 2 cores, both
     targets: 17.5-20.9 s -> 13.4-14.9 s)."""
@@ -118,7 +118,7 @@ def fit_gbm(panel: Panel, *, trees: int, seed: int) -> GbmForecaster | None:
         logger.info("GBM: no series has more than %d weeks yet; the TTM forecast stands in for it here", MIN_WEEKS)
         return None
     started, frame = time.perf_counter(), _frame(panel, range(0, len(panel.dates)), DRIVER_LAGS)
-    threads = max(1, (os.cpu_count() or 1) // len(panel.targets))
+    threads = max(1, torch.get_num_threads() // len(panel.targets))  # the cores this run computes on (OMP_NUM_THREADS)
 
     def fit(c: int) -> MLForecast:
         forecaster = MLForecast(

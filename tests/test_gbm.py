@@ -113,7 +113,7 @@ def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_in_their_loss_and_seed
 
 
 def test_targets_fitted_side_by_side_forecast_as_each_target_fitted_alone_on_every_core(monkeypatch):
-    monkeypatch.setattr(gbm_module.os, "cpu_count", lambda: 4)  # side by side 2 threads per fit, alone 4
+    monkeypatch.setattr(gbm_module.torch, "get_num_threads", lambda: 4)  # side by side 2 threads per fit, alone 4
     panel = _promo_panel()
     both = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
     for c, target in enumerate(TARGETS):
