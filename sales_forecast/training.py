@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +16,7 @@ import torch
 from transformers import (
     EarlyStoppingCallback,
     EvalPrediction,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainerState,
@@ -47,10 +47,37 @@ class WindowTrainer(Trainer):
     def __init__(self, *args, windows_per_epoch: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.windows_per_epoch = windows_per_epoch
+        self.remove_callback(PrinterCallback)  # it prints every log's dictionary to stdout; EpochLog logs instead
+        self.add_callback(EpochLog)
 
     def _get_train_sampler(self, train_dataset: torch.utils.data.Dataset | None = None) -> torch.utils.data.Sampler:
         dataset = self.train_dataset if train_dataset is None else train_dataset
         return torch.utils.data.RandomSampler(dataset, num_samples=min(len(dataset), self.windows_per_epoch))
+
+
+class EpochLog(TrainerCallback):
+    """One log line per epoch, the progress of a training: its last logged training loss and, with validation
+    windows, the validation WAPE. In place of transformers' PrinterCallback (its twin), which prints each log's
+    dictionary to stdout, four per epoch; the figures per step stay in TensorBoard."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and args.eval_strategy == "no":
+            logger.info("Epoch %d of %d: training loss %.4f", round(state.epoch), args.num_train_epochs, _loss(state))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and state.epoch:  # not the pretrained model's evaluation before training
+            logger.info(
+                "Epoch %d of %d: training loss %.4f, validation WAPE %.4f",
+                round(state.epoch),
+                args.num_train_epochs,
+                _loss(state),
+                metrics["eval_wape"],
+            )
+
+
+def _loss(state: TrainerState) -> float:
+    """The training loss last logged (NaN before the first log)."""
+    return next((entry["loss"] for entry in reversed(state.log_history) if "loss" in entry), math.nan)
 
 
 class BestCheckpointOnEveryRank(TrainerCallback):
@@ -146,7 +173,7 @@ def make_trainer(
         label_names=["future_values"],
         remove_unused_columns=False,  # batches come whole from WindowDataset.__getitems__
         save_safetensors=True,
-        disable_tqdm=not sys.stderr.isatty(),
+        disable_tqdm=True,  # progress: EpochLog's lines in the log
         dataloader_pin_memory=gpu and not on_gpu,
     )
     trainable = [p for p in model.parameters() if p.requires_grad]

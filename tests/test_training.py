@@ -1,4 +1,6 @@
-"""Training: windows drawn per epoch, the OneCycleLR step count, the device of the window cuts."""
+"""Training: windows drawn per epoch, the OneCycleLR step count, the device of the window cuts, the epoch log."""
+
+import logging
 
 import numpy as np
 import pytest
@@ -51,6 +53,25 @@ def test_validation_windows_are_a_fixed_sample_with_targets_unmasked(panel_df, m
     train_batch = trainer.train_dataset.__getitems__(range(len(trainer.train_dataset)))
     weeks = trainer.train_dataset.cuts[:, None] + torch.arange(HORIZON)
     np.testing.assert_array_equal(train_batch["future_observed_mask"][..., 0], weeks < split.valid_start)
+
+
+def test_each_epoch_is_one_log_line_and_nothing_is_printed(panel_df, model_dir, tmp_path, capsys, caplog):
+    panel, _ = resample_weekly(panel_df, date_column="date", id_columns=IDS, target_columns=TARGETS)
+    split = split_by_time(panel, end=len(panel.dates), horizon=HORIZON, min_context=8, stride=1)
+    _, data = fit_and_scale(panel, fit_end=split.fit_end)
+    model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
+    flags = ["--NUM_TRAIN_EPOCHS=2", "--BATCH_SIZE=8", "--MAX_TRAIN_WINDOWS=16", "--MAX_VALID_WINDOWS=4"]
+    settings = settings_for([*flags, "--USE_CPU=True"]).train
+    kw = {"train": split.train, "train_end": split.valid_start, "horizon": HORIZON, "settings": settings}
+    for valid, name in ((split.valid, "with_valid"), (None, "without")):
+        trainer = make_trainer(model, data, valid=valid, out_dir=tmp_path / name, **kw)
+        with caplog.at_level(logging.INFO, logger="sales_forecast.training"):
+            trainer.train()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Epoch ")]
+    assert [line[: len("Epoch 1 of 2")] for line in lines] == ["Epoch 1 of 2", "Epoch 2 of 2"] * 2
+    assert all("validation WAPE" in line for line in lines[:2]) and "validation" not in lines[2] + lines[3]
+    assert "training loss nan" not in " ".join(lines)
+    assert "{" not in capsys.readouterr().out  # no log dictionaries printed
 
 
 def test_steps_per_epoch():
