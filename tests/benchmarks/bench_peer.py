@@ -36,7 +36,7 @@ def peer_forecast(history: pd.DataFrame, future: pd.DataFrame | None, *, target:
     """unique_id, ds and the peer's forecast of one target for the series still sold at history's last week."""
     freq = pd.infer_freq(np.sort(history["ds"].unique())[-8:])
     frame = history[["unique_id", "ds", target, *controls]].rename(columns={target: "y"}).dropna(subset=["y"])
-    frame = fill_gaps(frame, freq=freq).fillna(0)  # mlforecast refuses missing weeks: 0, as the run reads them
+    frame = fill_gaps(frame, freq=freq, end="per_serie").fillna(0)  # mlforecast refuses missing weeks inside a series
     model = lightgbm.LGBMRegressor(
         n_estimators=500,
         learning_rate=0.05,
