@@ -113,7 +113,7 @@ def test_the_gbm_forecast_is_the_mean_of_fits_that_differ_in_their_loss_and_seed
     np.testing.assert_allclose(averaged, np.mean(single, axis=0), rtol=1e-9)
 
 
-def test_targets_fitted_side_by_side_forecast_as_each_target_fitted_alone_on_every_core(monkeypatch):
+def test_targets_fitted_and_forecast_side_by_side_forecast_as_each_target_alone_on_every_core(monkeypatch):
     monkeypatch.setattr(gbm_module.torch, "get_num_threads", lambda: 4)  # side by side 2 threads per fit, alone 4
     panel = _promo_panel()
     both = gbm_forecast(fit_gbm(panel, trees=30, seed=3), panel, horizon=HORIZON)
@@ -124,15 +124,17 @@ def test_targets_fitted_side_by_side_forecast_as_each_target_fitted_alone_on_eve
         )
 
 
-def test_series_too_short_for_the_gbm_take_the_ttm_forecast_in_every_blend():
+def test_series_too_short_for_the_gbm_take_the_ttm_forecast_in_every_blend(caplog):
     panel = _promo_panel()
     start = panel.start.copy()
     start[0] = len(panel.dates) - MIN_WEEKS + 1  # fewer weeks than the longest lag
     values = panel.values.copy()
     values[0, : start[0]] = 0
     short = dataclasses.replace(panel, start=start, values=values)
-    forecast = gbm_forecast(fit_gbm(short, trees=30, seed=0), short, horizon=HORIZON)
+    with caplog.at_level("INFO", logger="sales_forecast.gbm"):
+        forecast = gbm_forecast(fit_gbm(short, trees=30, seed=0), short, horizon=HORIZON)
     assert np.isnan(forecast[0]).all() and np.isfinite(forecast[1:]).all()
+    assert f"GBM: {len(panel.keys) - 1} series x {HORIZON} weeks forecast in" in caplog.text
     ttm = {"fine_tuned": np.full_like(forecast, 7.0), "zero_shot": np.full_like(forecast, 5.0), "gbm": forecast}
     np.testing.assert_array_equal(blend(ttm, "gbm+fine_tuned")[0], 7.0)
     np.testing.assert_array_equal(blend(ttm, "0.8*gbm+0.2*fine_tuned+0.0*zero_shot")[0], 7.0)
