@@ -39,6 +39,7 @@ CATEGORICAL_COLUMNS: tuple = ()  # id columns fed to TTM as static categories (R
 
 # --- 2. weekly resampling + scaling ------------------------------------------
 WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or W-MON .. W-SUN
+GAP_WEEKS: int = 13  # this many weeks in a row without rows, rows a year before: missing data, interpolated (0: off)
 
 # --- 3. split and backtest ---------------------------------------------------
 BACKTEST_ORIGINS: int = 3  # forecast origins of the rolling backtest, the last one ending at the data's end (>= 1)
@@ -210,6 +211,7 @@ RULES = {  # key -> (test, the allowed values in words)
     "HOLIDAY_COUNTRY": (lambda v: v == "" or re.fullmatch(r"[A-Z]{2,3}", v), "'' or a country code such as BR, US"),
     "CATEGORICAL_COLUMNS": (lambda v: _names(v, 0, 3), "0 to 3 of the ID_COLUMNS"),
     "WEEK_ANCHOR": (lambda v: v == "auto" or v in [f"W-{d}" for d in WEEKDAYS], "'auto' or W-MON .. W-SUN"),
+    "GAP_WEEKS": (lambda v: v >= 0, "an integer >= 0 (0 = weeks without rows are always 0)"),
     "BACKTEST_ORIGINS": _at_least(1),
     "BACKTEST_STEP": (lambda v: v >= 0, "an integer >= 0 (0 = PREDICTION_LENGTH)"),
     "MIN_CONTEXT_WEEKS": _at_least(1),

@@ -131,7 +131,9 @@ def weekly_panel(
     span: as resample_weekly takes it, for a part of a split file."""
     columns = data.columns
     columns["control_columns"] = () if future is None else tuple(future.columns[1 + len(data.id_columns) :])
-    panel, anchor = resample_weekly(sales, **columns, anchor=data.week_anchor, source=source, span=span)
+    panel, anchor = resample_weekly(
+        sales, **columns, anchor=data.week_anchor, source=source, span=span, gap_weeks=data.gap_weeks
+    )
     panel = add_drivers(
         panel,
         future,

@@ -80,9 +80,11 @@ def resample_weekly(
     anchor: str = "auto",
     source: str = "data",
     span: tuple[np.datetime64, np.datetime64] | None = None,
+    gap_weeks: int = 0,
 ) -> tuple[Panel, str]:
     """Sum rows into weeks (one anchor for all), fill missing weeks with 0; return the panel and the anchor used.
     span: the first and last date of the whole file when df holds a part of its series (all parts get its weeks).
+    gap_weeks: runs of weeks without rows that are missing data, not 0 (data_gaps): interpolated, targets and controls.
 
     Control columns are averaged over a week's rows; a week without rows gets 0 in a flag or share column and the
     last known value in any other (prices are carried): is_share decides.
@@ -126,7 +128,20 @@ def resample_weekly(
     start = present.argmax(axis=1)
     controls = _weekly_controls(df, list(control_columns), cell, present)
     dates = pd.date_range(pd.Timestamp(first, unit="D"), periods=n_weeks, freq=anchor)
-    filled = int((n_weeks - start).sum() - len(rows_s))
+    gap = data_gaps(present, gap_weeks)
+    if gap.any():
+        values, controls = _interpolated(values, gap), _interpolated(controls, gap)
+        logger.warning(
+            "%s: %d series have %d weeks without rows in runs of %d weeks or more, where the year before had rows: "
+            "read as missing data (a break in the records or a closure), interpolated between the weeks around "
+            "them, not as weeks without sales (GAP_WEEKS=0 reads them as 0): %s",
+            source,
+            gap.any(1).sum(),
+            gap.sum(),
+            gap_weeks,
+            keys[gap.any(1)].head(5).to_dict("records"),
+        )
+    filled = int((n_weeks - start).sum() - len(rows_s) - gap.sum())
     all_zero = ~values.any(axis=(1, 2))
     if all_zero.any():
         logger.warning(
@@ -148,6 +163,34 @@ def resample_weekly(
     )
     specs = tuple(Driver(column) for column in control_columns)
     return Panel(keys, dates, values, start, tuple(target_columns), controls, specs), anchor
+
+
+def data_gaps(present: np.ndarray, gap_weeks: int) -> np.ndarray:
+    """(series, weeks) True in each run of at least gap_weeks weeks without rows between two weeks with rows where
+    most of the same weeks a year (52 weeks) before had rows: data missing, not weeks without sales. A seasonal
+    product's yearly break had no rows a year before either, and shorter runs are slow weeks (0); gap_weeks 0: none."""
+    gap = np.zeros_like(present)
+    if not gap_weeks:
+        return gap
+    edges = np.diff(np.pad(~present, ((0, 0), (1, 1))).astype(np.int8), axis=1)  # +1: a run starts, -1: it ended
+    (series, begin), (_, end) = np.nonzero(edges == 1), np.nonzero(edges == -1)  # row-major: the pairs align
+    inside = (begin > present.argmax(1)[series]) & (end < present.shape[1])  # rows before and after the run
+    for s, b, e in zip(series[inside], begin[inside], end[inside], strict=True):
+        if e - b >= gap_weeks and 2 * present[s, max(b - 52, 0) : max(e - 52, 0)].sum() > e - b:
+            gap[s, b:e] = True
+    return gap
+
+
+def _interpolated(values: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """values (series, weeks, columns) with the gap weeks set on the line between the weeks before and after each
+    run (pandas' interpolate(limit_area="inside") over the gap weeks: its twin, a test compares)."""
+    out = values.copy()
+    t = np.arange(values.shape[1])
+    for s in np.flatnonzero(gap.any(1)):
+        known = ~gap[s]
+        for c in range(values.shape[2]):
+            out[s, gap[s], c] = np.interp(t[gap[s]], t[known], values[s, known, c])
+    return out
 
 
 def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, present: np.ndarray) -> np.ndarray:

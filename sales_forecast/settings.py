@@ -39,6 +39,7 @@ class DataSettings(_Section):
     holiday_country: str = ""  # model folders of earlier versions had no holiday flags
     categorical_columns: tuple = ()
     week_anchor: str = "auto"
+    gap_weeks: int = 0  # model folders of earlier versions read every week without rows as 0
 
     @property
     def columns(self) -> dict:

@@ -64,3 +64,43 @@ def test_share_rule_tells_flags_and_shares_from_levels():
     values = np.array([[0.0, 0.5, 3.9, -1.0], [1.0, 0.25, 4.1, 2.0]])
     assert is_share(values).tolist() == [True, True, False, False]
     assert is_share(np.zeros((0, 2))).tolist() == [True, True]  # no rows seen: nothing says otherwise
+
+
+def test_a_long_run_of_weeks_without_rows_is_missing_data_where_the_year_before_had_rows(caplog):
+    """13 weeks without rows after a year with rows in those weeks: interpolated (pandas' twin); 12 weeks, a seasonal
+    break (no rows a year before either) and a series that stops early stay weeks without sales (0)."""
+    rng = np.random.default_rng(0)
+    weeks = pd.date_range("2022-01-02", periods=120, freq="W-SUN")
+    drop = {"gap": range(70, 83), "short": range(70, 82), "seasonal": [*range(18, 32), *range(70, 84)], "ends": []}
+    frames = []
+    for name, dropped in drop.items():
+        kept = np.setdiff1d(np.arange(110 if name == "ends" else 120), dropped)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": weeks[kept],
+                    "produto_cat": name,
+                    "uf_cat": "SP",
+                    "vendas": rng.integers(50, 150, len(kept)).astype(float),
+                    "faturamento": rng.random(len(kept)) * 1000,
+                    "abertura": rng.random(len(kept)),
+                }
+            )
+        )
+    rows = pd.concat(frames)
+    columns = {"date_column": "date", "id_columns": IDS, "target_columns": TARGETS, "control_columns": ["abertura"]}
+    with caplog.at_level("WARNING"):
+        panel, _ = resample_weekly(rows, **columns, gap_weeks=13)
+    by_name = {key: s for s, key in enumerate(panel.keys["produto_cat"])}
+    gap = by_name["gap"]
+    expected = rows[rows["produto_cat"] == "gap"].set_index("date").reindex(weeks)[[*TARGETS, "abertura"]]
+    expected = expected.interpolate(limit_area="inside").to_numpy()
+    np.testing.assert_allclose(panel.values[gap], expected[:, :2])
+    np.testing.assert_allclose(panel.drivers[gap, :, 0], expected[:, 2])
+    assert (panel.values[gap, 70:83] > 0).all()
+    for name, dropped in [("short", range(70, 82)), ("seasonal", [*range(18, 32), *range(70, 84)])]:
+        np.testing.assert_array_equal(panel.values[by_name[name], dropped], 0)
+    np.testing.assert_array_equal(panel.values[by_name["ends"], 110:], 0)
+    assert "1 series have 13 weeks without rows in runs of 13 weeks or more" in caplog.text
+    unread, _ = resample_weekly(rows, **columns, gap_weeks=0)
+    np.testing.assert_array_equal(unread.values[gap, 70:83], 0)
