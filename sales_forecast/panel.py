@@ -174,22 +174,20 @@ def data_gaps(present: np.ndarray, gap_weeks: int) -> np.ndarray:
         return gap
     edges = np.diff(np.pad(~present, ((0, 0), (1, 1))).astype(np.int8), axis=1)  # +1: a run starts, -1: it ended
     (series, begin), (_, end) = np.nonzero(edges == 1), np.nonzero(edges == -1)  # row-major: the pairs align
-    inside = (begin > present.argmax(1)[series]) & (end < present.shape[1])  # rows before and after the run
-    for s, b, e in zip(series[inside], begin[inside], end[inside], strict=True):
-        if e - b >= gap_weeks and 2 * present[s, max(b - 52, 0) : max(e - 52, 0)].sum() > e - b:
+    long = (begin > present.argmax(1)[series]) & (end < present.shape[1]) & (end - begin >= gap_weeks)  # inside
+    for s, b, e in zip(series[long], begin[long], end[long], strict=True):
+        if 2 * present[s, max(b - 52, 0) : max(e - 52, 0)].sum() > e - b:  # rows in most weeks a year before
             gap[s, b:e] = True
     return gap
 
 
 def _interpolated(values: np.ndarray, gap: np.ndarray) -> np.ndarray:
-    """values (series, weeks, columns) with the gap weeks set on the line between the weeks before and after each
-    run (pandas' interpolate(limit_area="inside") over the gap weeks: its twin, a test compares)."""
+    """values (series, weeks, columns) with the gap weeks on the line between the weeks before and after each run."""
     out = values.copy()
-    t = np.arange(values.shape[1])
     for s in np.flatnonzero(gap.any(1)):
-        known = ~gap[s]
-        for c in range(values.shape[2]):
-            out[s, gap[s], c] = np.interp(t[gap[s]], t[known], values[s, known, c])
+        weeks = pd.DataFrame(values[s])
+        weeks.loc[gap[s]] = np.nan
+        out[s] = weeks.interpolate().to_numpy()
     return out
 
 

@@ -67,7 +67,7 @@ def test_share_rule_tells_flags_and_shares_from_levels():
 
 
 def test_a_long_run_of_weeks_without_rows_is_missing_data_where_the_year_before_had_rows(caplog):
-    """13 weeks without rows after a year with rows in those weeks: interpolated (pandas' twin); 12 weeks, a seasonal
+    """13 weeks without rows after a year with rows in those weeks: interpolated; 12 weeks, a seasonal
     break (no rows a year before either) and a series that stops early stay weeks without sales (0)."""
     rng = np.random.default_rng(0)
     weeks = pd.date_range("2022-01-02", periods=120, freq="W-SUN")
