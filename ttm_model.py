@@ -185,12 +185,14 @@ def backtest_origin(
 ) -> OriginResult:
     """One origin, done as the final model is: choose the epochs by early stopping on the validation window (scaled
     on the training weeks), refit on every week before the test window for those epochs, and forecast the test
-    window with every method. Nothing from week split.end on is read. resume: (fingerprint, FRESH_START)."""
+    window with every method. Nothing from week split.test_start on is read but the actuals the forecasts are scored
+    on. resume: (fingerprint, FRESH_START)."""
     seen, horizon = panel_until(panel, split.end), split.end - split.test_start
+    history = panel_until(panel, split.test_start)  # what the models read; seen adds the test window's actuals
     training = {"epochs": 0, "best_epoch": 0, "train_windows": len(split.train[0])}
     logger.info("Backtest origin %s", seen.dates[split.test_start].date())
     if len(split.train[0]) and len(split.valid[0]):
-        _, data = fit_and_scale(seen, fit_end=split.fit_end)
+        _, data = fit_and_scale(history, fit_end=split.fit_end)
         trainer = make_trainer(
             copy.deepcopy(pretrained),
             data,
@@ -204,7 +206,6 @@ def backtest_origin(
         training |= fine_tune(trainer, checkpoint=resume_checkpoint(out_dir, *resume))
     else:
         logger.warning("No training or validation windows before this origin: fine-tuned = pretrained here")
-    history = panel_until(panel, split.test_start)
     model, _, known = refit(
         history,
         pretrained=pretrained,

@@ -34,6 +34,7 @@ class Panel:
     drivers: np.ndarray | None = None  # (series, weeks [+ future weeks], drivers) known-future inputs, raw units
     driver_specs: tuple[Driver, ...] = ()  # control columns, then the computed ones (holiday flags)
     categorical: tuple = ()  # id columns the model reads as static categories
+    gap: np.ndarray | None = None  # (series, weeks) weeks of data gaps, interpolated (data_gaps); None: no gaps
 
     @property
     def driver_names(self) -> tuple:
@@ -54,8 +55,24 @@ def is_share(values: np.ndarray) -> np.ndarray:
 
 def panel_until(panel: Panel, end: int) -> Panel:
     """The panel as it was before week `end`: what a backtest origin may read (drivers are known ahead, so their
-    later weeks stay: a window's future weeks read them)."""
-    return dataclasses.replace(panel, dates=panel.dates[:end], values=panel.values[:, :end])  # drivers: all weeks
+    later weeks stay: a window's future weeks read them). A data gap still open at `end` is what it was then: weeks
+    without rows (targets 0, control columns as resample_weekly fills such weeks), since its interpolation reads the
+    week its rows came back."""
+    values, drivers, gap = panel.values[:, :end], panel.drivers, panel.gap
+    if gap is not None and gap[:, end - 1].any():
+        values, gap = values.copy(), gap.copy()
+        controls = [d for d, driver in enumerate(panel.driver_specs) if not driver.computed]
+        if controls:
+            drivers = drivers.copy()
+            shares = is_share(drivers[:, : len(panel.dates), controls].reshape(-1, len(controls)))
+        for s in np.flatnonzero(gap[:, end - 1]):
+            begin = end - np.argmin(gap[s, end - 1 :: -1])  # the run's first week (rows before it: data_gaps)
+            after = begin + np.argmin(gap[s, begin:])  # its first week with rows again
+            values[s, begin:end] = 0
+            for d, share in zip(controls, shares if controls else (), strict=True):
+                drivers[s, begin:after, d] = 0 if share else drivers[s, begin - 1, d]
+            gap[s, begin:after] = False
+    return dataclasses.replace(panel, dates=panel.dates[:end], values=values, drivers=drivers, gap=gap)
 
 
 def week_end(day: np.ndarray, anchor: str) -> np.ndarray:
@@ -162,7 +179,8 @@ def resample_weekly(
         filled,
     )
     specs = tuple(Driver(column) for column in control_columns)
-    return Panel(keys, dates, values, start, tuple(target_columns), controls, specs), anchor
+    gaps = gap if gap.any() else None
+    return Panel(keys, dates, values, start, tuple(target_columns), controls, specs, gap=gaps), anchor
 
 
 def data_gaps(present: np.ndarray, gap_weeks: int) -> np.ndarray:

@@ -45,12 +45,17 @@ def split_by_time(panel: Panel, *, end: int, horizon: int, min_context: int, str
     """Cut every series at the same dates for the origin whose test window ends at week `end`.
 
     Training windows start every `stride` weeks back from the week before validation; their target weeks from
-    validation on are masked, so training learns from every week before validation and nothing after.
+    validation on are masked, so training learns from every week before validation and nothing after. A series whose
+    data gap (panel.gap) is open at the validation or test start, or lies in that window, is not scored there: the
+    origin sees the gap as weeks without rows, and the weeks to score are interpolated, not data.
     """
     test_start, valid_start = end - horizon, end - 2 * horizon
     series = np.arange(len(panel.keys))
     first_cut = panel.start + min_context
     in_test, in_valid = first_cut <= test_start, first_cut <= valid_start
+    if panel.gap is not None:
+        in_test &= ~panel.gap[:, test_start - 1 : end].any(1)
+        in_valid &= ~panel.gap[:, valid_start - 1 : test_start].any(1)
     fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, end))
     return Split(
         end,
@@ -103,8 +108,9 @@ def backtest_splits(panel: Panel, *, backtest: BacktestSettings, horizon: int) -
             left_out.head(10).to_dict("records"),
         )
     for split in splits:
+        gapped = 0 if panel.gap is None else panel.gap[:, split.test_start - 1 : split.end].any(1).sum()
         logger.info(
-            "Origin %s: train windows %d (targets before %s), valid %d series, test %d series (%s..%s)",
+            "Origin %s: train windows %d (targets before %s), valid %d series, test %d series (%s..%s)%s",
             panel.dates[split.test_start].date(),
             len(split.train[0]),
             panel.dates[split.valid_start].date(),
@@ -112,6 +118,7 @@ def backtest_splits(panel: Panel, *, backtest: BacktestSettings, horizon: int) -
             len(split.test[0]),
             panel.dates[split.test_start].date(),
             panel.dates[split.end - 1].date(),
+            f"; {gapped} series with a data gap there not scored" if gapped else "",
         )
     return splits
 

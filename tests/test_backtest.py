@@ -45,6 +45,14 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
     split = backtest_splits(panel, backtest=settings.backtest, horizon=HORIZON)[0]
     spiked = copy.deepcopy(panel)
     spiked.values[:, split.end :] *= 1000  # the weeks after the first origin's test window
+    plain, spiked = _same_origin_trained_and_forecast(panel, spiked, split, settings, pretrained, tmp_path)
+    np.testing.assert_array_equal(plain.y, spiked.y)
+    np.testing.assert_array_equal(plain.scale, spiked.scale)
+    assert np.isfinite(plain.forecasts["gbm"]).all()
+
+
+def _same_origin_trained_and_forecast(panel, other, split, settings, pretrained, tmp_path):
+    """The origin's results on both panels, after asserting the same training and forecasts."""
     model, zero_shot = pretrained
     results = [
         backtest_origin(
@@ -56,14 +64,32 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
             out_dir=tmp_path / name,
             resume=("x", True),
         )
-        for name, p in (("plain", panel), ("spiked", spiked))
+        for name, p in (("one", panel), ("other", other))
     ]
     assert results[0].training["valid_wape_best"] == results[1].training["valid_wape_best"]
-    np.testing.assert_array_equal(results[0].y, results[1].y)
-    np.testing.assert_array_equal(results[0].scale, results[1].scale)
-    assert np.isfinite(results[0].forecasts["gbm"]).all()
     for method in results[0].forecasts:
         np.testing.assert_array_equal(results[0].forecasts[method], results[1].forecasts[method])
+    return results
+
+
+def test_a_data_gap_open_at_an_origin_reads_nothing_of_the_weeks_its_rows_come_back(pretrained, tmp_path):
+    """A gap interpolated over the whole panel reads the week its rows came back; an origin inside the gap must not:
+    spiking every week from the origin on (the actuals it is scored on, the rows after the gap) changes nothing of
+    its training and forecasts."""
+    settings = settings_for(SETTINGS)
+    df = make_panel(n_weeks=90)
+    weeks = np.sort(df["date"].unique())
+    in_gap = (df["produto_cat"] == "001") & (df["uf_cat"] == "RJ") & df["date"].isin(weeks[66:79])  # series 0
+    df = df[~in_gap]
+    panels = []
+    for spike in (1, 1000):
+        rows = df.copy()
+        rows.loc[rows["date"] >= weeks[74], list(TARGETS)] *= spike
+        panels.append(resample_weekly(rows, date_column="date", id_columns=IDS, target_columns=TARGETS, gap_weeks=13))
+    (plain, _), (spiked, _) = panels
+    split = backtest_splits(plain, backtest=settings.backtest, horizon=HORIZON)[0]
+    assert split.test_start == 74 and plain.gap[0, 66:79].all() and (plain.values[0, 66:74] > 0).all()
+    _same_origin_trained_and_forecast(plain, spiked, split, settings, pretrained, tmp_path)
 
 
 def test_rerunning_an_origin_whose_training_stopped_early_trains_no_further(pretrained, tmp_path):

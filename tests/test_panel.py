@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from conftest import make_panel
 
-from sales_forecast.panel import is_share, resample_weekly
+from sales_forecast.panel import is_share, panel_until, resample_weekly
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
 
@@ -104,3 +104,29 @@ def test_a_long_run_of_weeks_without_rows_is_missing_data_where_the_year_before_
     assert "1 series have 13 weeks without rows in runs of 13 weeks or more" in caplog.text
     unread, _ = resample_weekly(rows, **columns, gap_weeks=0)
     np.testing.assert_array_equal(unread.values[gap, 70:83], 0)
+
+
+def test_a_data_gap_still_open_at_the_end_of_a_panel_cut_is_weeks_without_rows_there():
+    weeks = pd.date_range("2022-01-02", periods=100, freq="W-SUN")
+    kept = np.setdiff1d(np.arange(100), np.arange(70, 85))
+    rows = pd.DataFrame(
+        {
+            "date": weeks[kept],
+            "produto_cat": "A",
+            "uf_cat": "SP",
+            "vendas": 100.0,
+            "faturamento": 500.0,
+            "abertura": 0.9,  # a share: 0 in a week without rows
+            "preco": 5.0 + np.arange(len(kept)),  # a level: carried into such weeks
+        }
+    )
+    columns = {"date_column": "date", "id_columns": IDS, "target_columns": TARGETS}
+    panel, _ = resample_weekly(rows, **columns, control_columns=["abertura", "preco"], gap_weeks=13)
+    without, _ = resample_weekly(rows, **columns, control_columns=["abertura", "preco"], gap_weeks=0)
+    np.testing.assert_array_equal(panel.values[0, 70:85], [[100.0, 500.0]] * 15)  # between weeks with rows
+    cut = panel_until(panel, 78)  # an origin inside the gap: its rows come back at week 85, after it
+    np.testing.assert_array_equal(cut.values, without.values[:, :78])
+    np.testing.assert_array_equal(cut.drivers, without.drivers)
+    assert not cut.gap.any() and panel.gap[0, 70:85].all()
+    closed = panel_until(panel, 90)  # after the gap: interpolated
+    np.testing.assert_array_equal(closed.values, panel.values[:, :90])

@@ -1,5 +1,7 @@
 """Origins and splits (every series, no leakage), window cuts, and windows equal to ForecastDFDataset."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -55,6 +57,18 @@ def test_backtest_origins_and_new_series_and_short_calendar(panel_df, caplog):
     assert len(late[0].train[0]) == len(late[0].valid[0]) == 0 and len(late[0].test[0]) == len(panel.keys) - 1
     with pytest.raises(InputError, match=r"data cover 80 weeks; training needs at least 87"):
         backtest_splits(panel, backtest=BacktestSettings(1, 0, 6, 1), horizon=40)
+
+
+def test_a_series_whose_data_gap_is_open_at_an_origin_or_inside_its_window_is_not_scored_there(panel_df, caplog):
+    panel, _ = weekly(panel_df)  # 80 weeks; origins of BacktestSettings(3, 5, 8, 1): test starts 62, 67, 72
+    gap = np.zeros(panel.values.shape[:2], bool)
+    gap[0, 50:63] = True  # open at the first origin's test start (62) and in the second's validation (59..66)
+    with caplog.at_level("INFO"):
+        splits = backtest_splits(dataclasses.replace(panel, gap=gap), backtest=BacktestSettings(3, 5, 8, 1), horizon=8)
+    assert [0 in split.test[0] for split in splits] == [False, True, True]
+    assert [0 in split.valid[0] for split in splits] == [False, False, True]
+    assert all(0 in split.train[0] for split in splits)  # trained on: its weeks before the gap are data
+    assert caplog.text.count("test 5 series") == 1 and "1 series with a data gap there not scored" in caplog.text
 
 
 def test_stride_keeps_latest_window(panel_df):
