@@ -159,7 +159,7 @@ def gbm_forecast(gbm: GbmForecaster | None, panel: Panel, *, horizon: int) -> np
 
     The targets are forecast side by side as fit_gbm fits them: each forecast is len(FITS) recursions of `horizon`
     steps, half of it LightGBM's predictions, which run in parallel then (dunnhumby with drivers, 2 cores, both
-    targets of the full panel: 3.1-3.3 s -> 1.6-1.7 s, the same forecasts)."""
+    targets of the full panel: 3.1-3.3 s -> 1.6-2.0 s, the same forecasts)."""
     out = np.full((len(panel.keys), horizon, len(panel.targets)), np.nan)
     if gbm is None:
         return out

@@ -20,6 +20,7 @@ class Driver:
 
     name: str
     computed: bool = False
+    carried: bool = False  # a level (price): a week without rows carries the last value; a flag or share gets 0
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,14 @@ def panel_until(panel: Panel, end: int) -> Panel:
     values, drivers, gap = panel.values[:, :end], panel.drivers, panel.gap
     if gap is not None and gap[:, end - 1].any():
         values, gap = values.copy(), gap.copy()
-        controls = [d for d, driver in enumerate(panel.driver_specs) if not driver.computed]
-        if controls:
-            drivers = drivers.copy()
-            shares = is_share(drivers[:, : len(panel.dates), controls].reshape(-1, len(controls)))
+        drivers = drivers.copy() if panel.driver_specs else drivers
         for s in np.flatnonzero(gap[:, end - 1]):
             begin = end - np.argmin(gap[s, end - 1 :: -1])  # the run's first week (rows before it: data_gaps)
             after = begin + np.argmin(gap[s, begin:])  # its first week with rows again
             values[s, begin:end] = 0
-            for d, share in zip(controls, shares if controls else (), strict=True):
-                drivers[s, begin:after, d] = 0 if share else drivers[s, begin - 1, d]
+            for d, driver in enumerate(panel.driver_specs):
+                if not driver.computed:
+                    drivers[s, begin:after, d] = drivers[s, begin - 1, d] if driver.carried else 0
             gap[s, begin:after] = False
     return dataclasses.replace(panel, dates=panel.dates[:end], values=values, drivers=drivers, gap=gap)
 
@@ -143,7 +142,7 @@ def resample_weekly(
             "which looks monthly; this tool needs weekly or daily rows"
         )
     start = present.argmax(axis=1)
-    controls = _weekly_controls(df, list(control_columns), cell, present)
+    controls, carried = _weekly_controls(df, list(control_columns), cell, present)
     dates = pd.date_range(pd.Timestamp(first, unit="D"), periods=n_weeks, freq=anchor)
     gap = data_gaps(present, gap_weeks)
     if gap.any():
@@ -178,7 +177,7 @@ def resample_weekly(
         len(rows_s),
         filled,
     )
-    specs = tuple(Driver(column) for column in control_columns)
+    specs = tuple(Driver(column, carried=c) for column, c in zip(control_columns, carried, strict=True))
     gaps = gap if gap.any() else None
     return Panel(keys, dates, values, start, tuple(target_columns), controls, specs, gap=gaps), anchor
 
@@ -209,20 +208,25 @@ def _interpolated(values: np.ndarray, gap: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weekly_controls(df: pd.DataFrame, columns: list[str], cell: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(series, weeks, controls): the mean of each week's rows; weeks without rows as resample_weekly documents."""
+def _weekly_controls(
+    df: pd.DataFrame, columns: list[str], cell: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, list[bool]]:
+    """(series, weeks, controls): the mean of each week's rows, weeks without rows as resample_weekly documents; and
+    per column whether it is carried into such weeks (a level: is_share says no)."""
     n_series, n_weeks = present.shape
     counts = np.maximum(np.bincount(cell, minlength=n_series * n_weeks), 1)
     out = np.zeros((n_series, n_weeks, len(columns)))
     last = np.maximum.accumulate(np.where(present, np.arange(n_weeks), -1), axis=1)  # last week with rows
     last = np.where(last < 0, present.argmax(1)[:, None], last)  # (the first one before it)
+    carried = []
     for c, column in enumerate(columns):
         raw = df[column].to_numpy(float)
         mean = (np.bincount(cell, weights=raw, minlength=n_series * n_weeks) / counts).reshape(n_series, n_weeks)
-        if not is_share(raw[:, None])[0]:  # a price or level: carried
+        carried.append(not is_share(raw[:, None])[0])
+        if carried[-1]:  # a price or level
             mean = np.take_along_axis(mean, last, axis=1)
         out[..., c] = mean
-    return out
+    return out, carried
 
 
 def joined_ids(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Index:

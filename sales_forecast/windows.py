@@ -41,6 +41,11 @@ def training_cuts(first_cut: np.ndarray, *, last: int, stride: int) -> Windows:
     return series, cuts
 
 
+def _gap_in(panel: Panel, start: int, end: int) -> np.ndarray:
+    """Per series: a data gap (panel.gap) open at week `start` or inside weeks start..end-1."""
+    return np.zeros(len(panel.keys), bool) if panel.gap is None else panel.gap[:, start - 1 : end].any(1)
+
+
 def split_by_time(panel: Panel, *, end: int, horizon: int, min_context: int, stride: int) -> Split:
     """Cut every series at the same dates for the origin whose test window ends at week `end`.
 
@@ -52,10 +57,8 @@ def split_by_time(panel: Panel, *, end: int, horizon: int, min_context: int, str
     test_start, valid_start = end - horizon, end - 2 * horizon
     series = np.arange(len(panel.keys))
     first_cut = panel.start + min_context
-    in_test, in_valid = first_cut <= test_start, first_cut <= valid_start
-    if panel.gap is not None:
-        in_test &= ~panel.gap[:, test_start - 1 : end].any(1)
-        in_valid &= ~panel.gap[:, valid_start - 1 : test_start].any(1)
+    in_test = (first_cut <= test_start) & ~_gap_in(panel, test_start, end)
+    in_valid = (first_cut <= valid_start) & ~_gap_in(panel, valid_start, test_start)
     fit_end = np.where(panel.start < valid_start, valid_start, np.where(panel.start < test_start, test_start, end))
     return Split(
         end,
@@ -108,7 +111,7 @@ def backtest_splits(panel: Panel, *, backtest: BacktestSettings, horizon: int) -
             left_out.head(10).to_dict("records"),
         )
     for split in splits:
-        gapped = 0 if panel.gap is None else panel.gap[:, split.test_start - 1 : split.end].any(1).sum()
+        gapped = _gap_in(panel, split.test_start, split.end).sum()
         logger.info(
             "Origin %s: train windows %d (targets before %s), valid %d series, test %d series (%s..%s)%s",
             panel.dates[split.test_start].date(),
