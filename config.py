@@ -64,7 +64,7 @@ BATCH_SIZE: int = 64  # windows per step (train and eval)
 EARLY_STOPPING_PATIENCE: int = 15  # epochs without validation WAPE improvement before stopping (>= 0)
 NUM_WORKERS: int = 0  # DataLoader workers when windows are cut on the CPU (0 is fastest on CPU)
 GATHER_ON_GPU: bool = True  # on a GPU, keep the scaled panel there and cut windows on it; False: NUM_WORKERS cut them
-GBM_TREES: int = 500  # trees of each of the gbm's 5 LightGBM fits (mlforecast, lags 1..52 + drivers); 0 = TTM only
+GBM_TREES: int = 500  # trees of each of the gbm's 3 LightGBM fits (mlforecast, lags 1..52 + drivers); 0 = TTM only
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
 
 # --- 6. evaluation, forecast and outputs -------------------------------------
