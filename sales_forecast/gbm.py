@@ -23,21 +23,12 @@ LAGS = tuple(range(1, 53))  # the last year, week by week
 MIN_WEEKS = max(LAGS)  # weeks a series needs before the forecast origin; a shorter one takes the TTM forecast
 # The loss of each LightGBM fit averaged per target (fit k has seed + k, see fit_gbm), on log1p targets: "l1" fits the
 # median (what WAPE rewards; robust to outliers), "huber" is quadratic within HUBER_DELTA (about +-35%), so its splits
-# see the size of small errors, which L1's sign-only gradients do not: it fits finer where noise is low. Mean backtest
-# WAPE of the gbm alone (vendas / faturamento), five L1 fits -> 3 L1 + 2 Huber: bench_drivers --calendar --volume 100
-# --series 400 --weeks 109 0.0395 / 0.0411 -> 0.0365 / 0.0376; dunnhumby cut with its five drivers 0.2412 / 0.2393 ->
-# 0.2394 / 0.2345, without drivers 0.3514 / 0.3167 -> 0.3501 / 0.3168. 3 L1 + 2 Huber -> 2 L1 + 3 Huber (these): L1
-# fits forecast badly after a long run of zero weeks (a closure, or half a year without rows read as 0): on the
-# 135-week calendar panel with 16% of its series empty for 26 weeks ending 4 weeks before a 26-week cut, the gbm
-# alone on the real weeks 0.0409 / 0.0502 -> 0.0374 / 0.0470 (five Huber fits 0.0329 / 0.0436; the LightGBM peer of
-# tests/benchmarks/bench_peer.py 0.0349 / 0.0475); backtest there 0.0534 / 0.0634 -> 0.0522 / 0.0585, calendar panel
-# without the gap 0.0342 / 0.0393 -> 0.0329 / 0.0365, dunnhumby with drivers 0.2394 / 0.2345 -> 0.2398 / 0.2328,
-# without 0.3501 / 0.3168 -> 0.3512 / 0.3180, bench_drivers' and the synthetic default panel within 0.0004. Five Huber
-# fits: worse without drivers (0.3519 / 0.3201); delta 0.1 underfits (0.39 / 0.35 with drivers), 0.5 and 0.9 drift
-# toward L2. 2 L1 + 3 Huber -> 1 L1 + 2 Huber (these, the first three of those): 40% less gbm time, mean backtest
-# WAPE of the gbm alone within 0.5%: dunnhumby with drivers 0.2398 / 0.2328 -> 0.2411 / 0.2325, without 0.3512 /
-# 0.3180 -> 0.3528 / 0.3194, calendar panel 0.0329 / 0.0365 -> 0.0328 / 0.0360, with the gap 0.0346 / 0.0375 ->
-# 0.0341 / 0.0373 (four fits, L1 or Huber last, no better; tests/benchmarks/README.md).
+# see the size of small errors, which L1's sign-only gradients do not: it fits finer where noise is low and stays
+# steady after a long run of zero weeks (a closure), where L1 fits forecast badly. Chosen by the gbm's own backtest
+# (mean WAPE over origins) on the dunnhumby cut with and without its drivers and on two 400-series calendar panels,
+# one with half a year without rows: these three are within 0.5% of the five fits before them (2 L1 + 3 Huber) in
+# 40% less time; all L1, all Huber, L2, delta 0.1 or >= 0.5 and four fits each did worse on one of those panels
+# (figures: tests/benchmarks/README.md, "Perdas do gbm", "Semanas zeradas" and "Três ajustes").
 FITS = ("huber", "l1", "huber")
 HUBER_DELTA = 0.3  # in log1p units
 # Each driver also as it was 1 and 2 weeks before: the weeks after a promotion, a holiday or a closure differ too.
