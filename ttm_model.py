@@ -187,10 +187,10 @@ def backtest_origin(
     on the training weeks), refit on every week before the test window for those epochs, and forecast the test
     window with every method. Nothing from week split.test_start on is read but the actuals the forecasts are scored
     on. resume: (fingerprint, FRESH_START)."""
-    seen, horizon = panel_until(panel, split.end), split.end - split.test_start
-    history = panel_until(panel, split.test_start)  # what the models read; seen adds the test window's actuals
+    history, horizon = panel_until(panel, split.test_start), split.end - split.test_start  # what the models read
     training = {"epochs": 0, "best_epoch": 0, "train_windows": len(split.train[0])}
-    logger.info("Backtest origin %s", seen.dates[split.test_start].date())
+    origin = panel.dates[split.test_start].date()
+    logger.info("Backtest origin %s", origin)
     if len(split.train[0]) and len(split.valid[0]):
         _, data = fit_and_scale(history, fit_end=split.fit_end)
         trainer = make_trainer(
@@ -220,12 +220,12 @@ def backtest_origin(
     series = split.test[0]
     forecasts = method_forecasts(models, known, split.test, horizon=horizon)
     return OriginResult(
-        str(seen.dates[split.test_start].date()),
-        seen.keys.iloc[series].reset_index(drop=True),
-        seen.values[series[:, None], split.test_start + np.arange(horizon)],
+        str(origin),
+        panel.keys.iloc[series].reset_index(drop=True),
+        panel.values[series[:, None], split.test_start + np.arange(horizon)],  # the actuals (no gap there: split)
         forecasts,
-        interval_scale(seen.values, seen.start, split.test_start, known.scaling.scale)[series],
-        mase_scale(seen.values, seen.start, split.test_start)[series],
+        interval_scale(history.values, history.start, split.test_start, known.scaling.scale)[series],
+        mase_scale(history.values, history.start, split.test_start)[series],
         training,
     )
 
