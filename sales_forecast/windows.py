@@ -42,8 +42,9 @@ def training_cuts(first_cut: np.ndarray, *, last: int, stride: int) -> Windows:
 
 
 def _gap_in(panel: Panel, start: int, end: int) -> np.ndarray:
-    """Per series: a data gap (panel.gap) open at week `start` or inside weeks start..end-1."""
-    return np.zeros(len(panel.keys), bool) if panel.gap is None else panel.gap[:, start - 1 : end].any(1)
+    """Per series: a data gap (panel.gap) open at week `start` or inside weeks start..end-1 (from week 0 when
+    start <= 0: an early origin's validation window starting before the calendar)."""
+    return np.zeros(len(panel.keys), bool) if panel.gap is None else panel.gap[:, max(start - 1, 0) : end].any(1)
 
 
 def split_by_time(panel: Panel, *, end: int, horizon: int, min_context: int, stride: int) -> Split:
