@@ -307,21 +307,33 @@ def test_metrics_file_equals_returned_metrics(trained):
     assert written == json.loads(json.dumps(metrics))
 
 
-def test_synthetic_default_run_honours_renamed_columns(tmp_path, model_dir, monkeypatch):
+@pytest.mark.parametrize("ids", [("loja", "sku", "canal"), ("loja",)])
+def test_synthetic_default_run_honours_renamed_columns(tmp_path, model_dir, monkeypatch, ids):
     monkeypatch.chdir(tmp_path)  # no dados/db_tratado-w.csv here: the synthetic panel
     argv = [
         f"--PRETRAINED_MODEL={model_dir}",
         "--DATE_COLUMN=semana",
-        "--ID_COLUMNS=loja,sku,canal",
+        f"--ID_COLUMNS={','.join(ids)}",
         "--TARGET_COLUMNS=receita",
         "--NUM_TRAIN_EPOCHS=1",
         "--MAX_TRAIN_WINDOWS=64",
         "--PLOT_TOP_SERIES=1",
     ]
     metrics = ttm_model.main(argv)
-    future = pd.read_csv(tmp_path / "results_ttm_model" / "previsoes.csv")
-    assert list(future.columns[:4]) == ["semana", "loja", "sku", "canal"] and "receita" in future
+    results = tmp_path / "results_ttm_model"
+    future = pd.read_csv(results / "previsoes.csv", dtype=dict.fromkeys(ids, str))
+    assert list(future.columns[: len(ids) + 1]) == ["semana", *ids] and "receita" in future
     assert set(metrics["metrics"]) == {"receita"} and len(future) == metrics["n_series"] * 26
+    totals = pd.read_csv(results / "previsoes_totais.csv", dtype={"chave": str})
+    assert list(totals["nivel"].unique()) == [*ids, "total"] and set(metrics["totals"]) == {*ids, "total"}
+    for nivel in ids:
+        expected = future.groupby([nivel, "semana"])["receita"].sum()
+        got = totals[totals["nivel"] == nivel].set_index(["chave", "semana"])["receita"]
+        np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), atol=1e-3)
+    overall = totals[totals["nivel"] == "total"]
+    np.testing.assert_allclose(overall["receita"], future.groupby("semana")["receita"].sum(), atol=1e-3)
+    assert (overall["receita_lower"] <= overall["receita"]).all()
+    assert (overall["receita"] <= overall["receita_upper"]).all()
 
 
 def test_cuda_out_of_memory_is_one_line_with_a_smaller_batch(trained, model_dir, monkeypatch, capsys):
