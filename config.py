@@ -65,6 +65,7 @@ EARLY_STOPPING_PATIENCE: int = 15  # epochs without validation WAPE improvement 
 NUM_WORKERS: int = 0  # DataLoader workers when windows are cut on the CPU (0 is fastest on CPU)
 GATHER_ON_GPU: bool = True  # on a GPU, keep the scaled panel there and cut windows on it; False: NUM_WORKERS cut them
 GBM_TREES: int = 500  # trees of each of the gbm's 3 LightGBM fits (mlforecast, lags 1..52 + drivers); 0 = TTM only
+GBM_MAX_ROWS: int = 1_000_000  # series-weeks the gbm learns from; more: a random sample of the series (0 = all)
 MIN_FREE_DISK_MB: int = 200  # refuse to start training with less free space than this (MB)
 
 # --- 6. evaluation, forecast and outputs -------------------------------------
@@ -231,6 +232,7 @@ RULES = {  # key -> (test, the allowed values in words)
     "MIN_FREE_DISK_MB": _at_least(0),
     "PREDICT_PART_ROWS": _at_least(100),
     "GBM_TREES": _at_least(0),
+    "GBM_MAX_ROWS": _at_least(0),
     "FORECAST_METHOD": (
         lambda v: v == "auto" or known_method(v),
         f"auto, one of {', '.join(METHODS)}, or weights such as 0.7*gbm+0.3*fine_tuned",

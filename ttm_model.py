@@ -111,7 +111,9 @@ def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bo
     )
     models = {"fine_tuned": model, "zero_shot": zero_shot}
     if "gbm" in chosen:
-        models["gbm"] = fit_gbm(panel, trees=settings.train.gbm_trees, seed=settings.train.seed)
+        models["gbm"] = fit_gbm(
+            panel, trees=settings.train.gbm_trees, seed=settings.train.seed, max_rows=settings.train.gbm_max_rows
+        )
     clock.lap("refit")
     forecast = forecast_future(
         models, scaled, choice.conformal, choice.selection, horizon=horizon, date_column=data.date_column
@@ -216,7 +218,9 @@ def backtest_origin(
     )
     models = {"fine_tuned": model, "zero_shot": zero_shot}
     if settings.train.gbm_trees:
-        models["gbm"] = fit_gbm(history, trees=settings.train.gbm_trees, seed=settings.train.seed)
+        models["gbm"] = fit_gbm(
+            history, trees=settings.train.gbm_trees, seed=settings.train.seed, max_rows=settings.train.gbm_max_rows
+        )
     series = split.test[0]
     forecasts = method_forecasts(models, known, split.test, horizon=horizon)
     return OriginResult(

@@ -90,6 +90,7 @@ class TrainSettings(_Section):
     gather_on_gpu: bool = True
     fresh_start: bool = False
     gbm_trees: int = 0  # a model folder of an earlier version had no gbm
+    gbm_max_rows: int = 0  # series-weeks the gbm learns from (0: all)
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ BAD_VALUES = {
     "BACKTEST_STEP": ("-26", "BACKTEST_STEP=-26 is not allowed: use an integer >= 0 (0 = PREDICTION_LENGTH)"),
     "FORECAST_METHOD": ("best", "FORECAST_METHOD='best' is not allowed: use auto, one of zero_shot, fine_tuned"),
     "GBM_TREES": ("-1", "GBM_TREES=-1 is not allowed: use an integer >= 0"),
+    "GBM_MAX_ROWS": ("-5", "GBM_MAX_ROWS=-5 is not allowed: use an integer >= 0"),
     "MIN_CONTEXT_WEEKS": ("0", "MIN_CONTEXT_WEEKS=0 is not allowed: use an integer >= 1"),
     "TRAIN_STRIDE": ("0", "TRAIN_STRIDE=0 is not allowed: use an integer >= 1"),
     "MAX_VALID_WINDOWS": ("-1", "MAX_VALID_WINDOWS=-1 is not allowed: use an integer >= 0"),

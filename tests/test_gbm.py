@@ -13,7 +13,7 @@ import ttm_model
 from sales_forecast import gbm as gbm_module
 from sales_forecast.forecast import blend
 from sales_forecast.gbm import FITS, MIN_WEEKS, fit_gbm, gbm_forecast
-from sales_forecast.panel import Driver, panel_until, resample_weekly
+from sales_forecast.panel import Driver, joined_ids, panel_until, resample_weekly
 from sales_forecast.sales_csv import InputError
 
 IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
@@ -84,6 +84,34 @@ def test_the_gbm_frame_holds_each_driver_of_the_weeks_before_known_for_the_futur
     np.testing.assert_array_equal(ahead["x_0_lag1"], x[2, n_weeks - 1 : -1])  # the last weeks of data, then the plan
     np.testing.assert_array_equal(ahead["x_0_lag2"], x[2, n_weeks - 2 : -2])
     assert len(ahead) == HORIZON and not any(c.startswith("y_") for c in future.columns)
+
+
+def test_the_gbm_forecast_from_the_last_year_of_weeks_equals_mlforecast_reading_every_week():
+    panel = _promo_panel(n_weeks=90)
+    n_weeks, gbm = len(panel.dates), fit_gbm(panel, trees=30, seed=0)
+    history = gbm_module._frame(panel, range(0, n_weeks), gbm.driver_lags)
+    future = gbm_module._frame(panel, range(n_weeks, n_weeks + HORIZON), gbm.driver_lags)
+    forecast = gbm_forecast(gbm, panel, horizon=HORIZON)
+    for c, forecaster in enumerate(gbm.forecasters):
+        every_week = forecaster.predict(HORIZON, new_df=history.drop(columns=f"y_{1 - c}"), X_df=future)
+        mean = every_week[list(forecaster.models)].mean(axis=1).to_numpy().reshape(len(panel.keys), HORIZON)
+        np.testing.assert_array_equal(forecast[..., c], np.clip(mean, 0, None))
+
+
+def test_a_panel_over_gbm_max_rows_fits_the_gbm_on_a_sample_of_its_long_series(caplog):
+    panel = _promo_panel(n_weeks=80)
+    panel = dataclasses.replace(panel, start=np.where(np.arange(len(panel.keys)) % 3 == 0, 40, panel.start))
+    weeks = len(panel.dates) - panel.start
+    with caplog.at_level("INFO", logger="sales_forecast.gbm"):
+        sample = gbm_module._sample_series(panel, max_rows=200, seed=0)
+    kept = joined_ids(sample.keys, IDS).isin(joined_ids(panel.keys, IDS)[weeks > MIN_WEEKS])
+    assert 0 < len(sample.keys) < (weeks > MIN_WEEKS).sum() and kept.all()
+    assert (len(sample.dates) - sample.start).sum() <= 200 and "learns from" in caplog.text
+    assert gbm_module._sample_series(panel, max_rows=weeks.sum(), seed=0) is panel
+    full, sampled = (fit_gbm(panel, trees=30, seed=0, max_rows=rows) for rows in (0, 200))
+    forecasts = [gbm_forecast(g, panel, horizon=HORIZON) for g in (full, sampled)]
+    assert np.isfinite(forecasts[1][weeks >= MIN_WEEKS]).all()  # every long series forecast, sampled or not
+    assert np.abs(forecasts[0] - forecasts[1])[weeks >= MIN_WEEKS].max() > 0
 
 
 def test_a_gbm_of_an_earlier_version_without_driver_lags_still_forecasts(monkeypatch):
