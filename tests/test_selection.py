@@ -8,10 +8,12 @@ import pytest
 from conftest import HORIZON
 
 import config
-from sales_forecast.forecast import method_parts
+from sales_forecast.forecast import blend, method_parts, weighted_name
 from sales_forecast.intervals import interval_bounds, interval_scale
 from sales_forecast.selection import (
     OriginResult,
+    _grid_errors,
+    _weight_grid,
     backtest_intervals,
     calibration_indices,
     method_intervals,
@@ -112,6 +114,25 @@ def test_fitted_blend_weights_ignore_origins_without_training():
     figures = _score([untrained, _origin(errors, TRAINED), _origin(errors, TRAINED)])[1]
     used = figures["backtest"]["blend_weights"]["gbm+fine_tuned@fitted"]["vendas"]
     assert used == ["0.50*gbm+0.50*fine_tuned"] * 2 + ["0.25*gbm+0.75*fine_tuned"] * 2
+
+
+def test_the_weight_search_errs_exactly_as_forecast_blend_does():
+    # float32 forecasts, series the gbm cannot forecast (NaN) and weightings where only it has weight (the fallback)
+    rng = np.random.default_rng(0)
+    y = rng.gamma(2.0, 50.0, (40, HORIZON, 2))
+    forecasts = {m: (y * rng.lognormal(0, 0.3, y.shape) - 10).astype(np.float32) for m in ("gbm", "zero_shot")}
+    forecasts["fine_tuned"] = (y + rng.normal(0, 20, y.shape)).astype(np.float32)
+    forecasts["gbm"][:5] = np.nan
+    origin = dataclasses.replace(_origin({}, TRAINED), y=y, forecasts=forecasts)
+    for parts in (("gbm", "fine_tuned"), ("gbm", "fine_tuned", "zero_shot")):
+        grid = _weight_grid(len(parts))
+        assert len(grid) == {2: 21, 3: 231}[len(parts)]
+        for target in (0, 1):
+            by_blend = [
+                np.abs(y[..., target] - np.clip(blend(forecasts, weighted_name(parts, w))[..., target], 0, None)).sum()
+                for w in grid
+            ]
+            assert _grid_errors(origin, parts, target, grid) == by_blend
 
 
 def test_a_forced_method_with_weights_is_scored_and_used():
