@@ -138,17 +138,22 @@ def method_forecast(forecasts: dict[str, np.ndarray], method: str, fitted: dict[
 
 
 def score_backtest(
-    origins: Sequence[OriginResult], *, targets: tuple, methods: tuple, forced: str
+    origins: Sequence[OriginResult],
+    *,
+    targets: tuple,
+    methods: tuple,
+    forced: str,
+    weights: list[dict[str, list[str]]],
 ) -> tuple[pd.DataFrame, dict, dict[str, str]]:
     """Every method and blend scored at every origin (original units), the mean over origins, and per target the
     method with the lowest mean WAPE (methods in order of preference on a tie; `forced` when not "auto"). A fitted
-    blend is scored with weights chosen on earlier origins and selected with the weights of every origin.
+    blend is scored with weights chosen on earlier origins and selected with the weights of every origin (weights:
+    fitted_blends of these origins and methods).
 
     Returns the per-series metrics, the figures for metricas.json and the selection {target: method}.
     """
     methods = methods if forced in ("auto", *methods) else (*methods, forced)
     rows, per_origin = [], []
-    weights = fitted_blends(origins, methods, len(targets))
     for origin, fitted in zip(origins, weights):
         forecasts = {m: method_forecast(origin.forecasts, m, fitted) for m in methods}
         per_series, overall = evaluate_methods(
@@ -275,13 +280,18 @@ def backtest_intervals(
 
 
 def method_intervals(
-    origins: Sequence[OriginResult], *, methods: tuple, targets: tuple, level: float
+    origins: Sequence[OriginResult],
+    *,
+    methods: tuple,
+    targets: tuple,
+    level: float,
+    weights: list[dict[str, list[str]]],
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Every method's intervals on the last origin, calibrated on the origins before it as the selected method's are:
-    {target: {method: coverage, width, scaled_crps}} (empty with one origin or too few windows)."""
+    {target: {method: coverage, width, scaled_crps}} (empty with one origin or too few windows). weights:
+    fitted_blends of these origins and methods."""
     if len(origins) < 2:
         return {}
-    weights = fitted_blends(origins, methods, len(targets))
     chosen = series_calibration(origins[:-1], origins[-1].start)
     calibration = [origins[i] for i in chosen]
     scores: dict = {}
@@ -312,9 +322,14 @@ def choose_methods(
     origins: Sequence[OriginResult], *, panel: Panel, methods: tuple, forced: str, level: float, date_column: str
 ) -> Choice:
     """Score every method at every origin, pick one per target and calibrate the intervals on its errors."""
-    per_series, figures, selection = score_backtest(origins, targets=panel.targets, methods=methods, forced=forced)
+    weights = fitted_blends(origins, methods, len(panel.targets))
+    per_series, figures, selection = score_backtest(
+        origins, targets=panel.targets, methods=methods, forced=forced, weights=weights
+    )
     conformal, intervals, bounds = backtest_intervals(origins, selection, level)
-    intervals["intervals_by_method"] = method_intervals(origins, methods=methods, targets=panel.targets, level=level)
+    intervals["intervals_by_method"] = method_intervals(
+        origins, methods=methods, targets=panel.targets, level=level, weights=weights
+    )
     last = origins[-1]
     test_start = panel.dates.get_loc(pd.Timestamp(last.start))
     frame = forecast_frame(

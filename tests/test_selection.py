@@ -16,6 +16,7 @@ from sales_forecast.selection import (
     _weight_grid,
     backtest_intervals,
     calibration_indices,
+    fitted_blends,
     method_intervals,
     next_week,
     refit_epochs,
@@ -40,7 +41,8 @@ def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) 
 
 
 def _score(origins, forced="auto"):
-    return score_backtest(origins, targets=TARGETS, methods=config.METHODS, forced=forced)
+    weights = fitted_blends(origins, config.METHODS, len(TARGETS))
+    return score_backtest(origins, targets=TARGETS, methods=config.METHODS, forced=forced, weights=weights)
 
 
 @pytest.mark.parametrize("winner, loser", [("fine_tuned", "zero_shot"), ("zero_shot", "fine_tuned")])
@@ -189,7 +191,8 @@ def test_every_method_gets_interval_coverage_width_and_scaled_crps():
         origin = _origin({"gbm": 0.0, "fine_tuned": 0.0, "zero_shot": 0.0, "seasonal_naive": 0.0, "naive": 0.0}, n=40)
         noise = {m: rng.normal(0, 10, origin.y.shape) for m in origin.forecasts}
         origins.append(dataclasses.replace(origin, forecasts={m: f + noise[m] for m, f in origin.forecasts.items()}))
-    scores = method_intervals(origins, methods=config.METHODS, targets=TARGETS, level=0.8)
+    weights = fitted_blends(origins, config.METHODS, len(TARGETS))
+    scores = method_intervals(origins, methods=config.METHODS, targets=TARGETS, level=0.8, weights=weights)
     assert set(scores["vendas"]) == set(config.METHODS)
     naive = scores["vendas"]["naive"]
     assert 0.6 < naive["coverage"] < 0.95 and naive["width"] > 0 and 0 < naive["scaled_crps"] < 1
