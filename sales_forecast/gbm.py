@@ -4,7 +4,7 @@ import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import lightgbm
 import numpy as np
@@ -15,7 +15,7 @@ from mlforecast.feature_engineering import transform_exog
 from mlforecast.target_transforms import GlobalSklearnTransformer
 from sklearn.preprocessing import FunctionTransformer
 
-from sales_forecast.panel import Panel
+from sales_forecast.panel import Panel, panel_series
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,7 @@ def _sample_series(panel: Panel, max_rows: int, seed: int) -> Panel:
         weeks[keep].sum(),
         max_rows,
     )
-    return replace(
-        panel,
-        keys=panel.keys.iloc[keep].reset_index(drop=True),
-        values=panel.values[keep],
-        start=panel.start[keep],
-        drivers=None if panel.drivers is None else panel.drivers[keep],
-        gap=None if panel.gap is None else panel.gap[keep],
-    )
+    return panel_series(panel, keep)
 
 
 @dataclass

@@ -74,6 +74,18 @@ def panel_until(panel: Panel, end: int) -> Panel:
     return dataclasses.replace(panel, dates=panel.dates[:end], values=values, drivers=drivers, gap=gap)
 
 
+def panel_series(panel: Panel, series: np.ndarray) -> Panel:
+    """The panel of these series only (indices, in this order): panel_until's twin along the series axis."""
+    return dataclasses.replace(
+        panel,
+        keys=panel.keys.iloc[series].reset_index(drop=True),
+        values=panel.values[series],
+        start=panel.start[series],
+        drivers=None if panel.drivers is None else panel.drivers[series],
+        gap=None if panel.gap is None else panel.gap[series],
+    )
+
+
 def week_end(day: np.ndarray, anchor: str) -> np.ndarray:
     """Days (since 1970-01-01, a Thursday) moved to the last day of their week ending on the anchor's weekday."""
     return day + (pd.tseries.frequencies.to_offset(anchor).weekday - (day + 3) % 7) % 7
