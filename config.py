@@ -40,6 +40,7 @@ CATEGORICAL_COLUMNS: tuple = ()  # id columns fed to TTM as static categories (R
 # --- 2. weekly resampling + scaling ------------------------------------------
 WEEK_ANCHOR: str = "auto"  # "auto" keeps the weekday of weekly input (W-SUN for daily), or W-MON .. W-SUN
 GAP_WEEKS: int = 13  # this many weeks in a row without rows, rows a year before: missing data, interpolated (0: off)
+DRIVER_EFFECT: bool = True  # with drivers: their fitted effect is divided out of the targets before TTM reads them
 
 # --- 3. split and backtest ---------------------------------------------------
 BACKTEST_ORIGINS: int = 3  # forecast origins of the rolling backtest, the last one ending at the data's end (>= 1)

@@ -194,7 +194,7 @@ def backtest_origin(
     origin = panel.dates[split.test_start].date()
     logger.info("Backtest origin %s", origin)
     if len(split.train[0]) and len(split.valid[0]):
-        _, data = fit_and_scale(history, fit_end=split.fit_end)
+        _, data = fit_and_scale(history, fit_end=split.fit_end, driver_effect=settings.data.driver_effect)
         trainer = make_trainer(
             copy.deepcopy(pretrained),
             data,
@@ -246,7 +246,9 @@ def refit(
     """The model that forecasts after the panel's last week: scaled and trained on every week for the epochs the
     backtest chose. Returns the model (the pretrained one with epochs 0), the fitted scalers (granite's
     preprocessor, driver scaling) and the scaled panel."""
-    scalers, data = fit_and_scale(panel, fit_end=np.full(len(panel.keys), len(panel.dates)))
+    scalers, data = fit_and_scale(
+        panel, fit_end=np.full(len(panel.keys), len(panel.dates)), driver_effect=settings.data.driver_effect
+    )
     model = copy.deepcopy(pretrained)
     windows = refit_windows(
         panel, min_context=settings.backtest.min_context_weeks, stride=settings.backtest.train_stride

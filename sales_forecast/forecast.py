@@ -129,7 +129,7 @@ def method_forecasts(
                 )
             continue
         scaled = forecast_scaled(model, data, windows, horizon=horizon)
-        forecasts[name] = data.scaling.invert(scaled, windows[0])
+        forecasts[name] = data.scaling.invert(scaled, windows)
     return forecasts
 
 

@@ -1,5 +1,6 @@
-"""How values enter the model: per-series standard scaling of the targets, and the drivers' own scaling."""
+"""How values enter the model: the targets divided by the drivers' effect and scaled per series, the drivers scaled."""
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -12,6 +13,11 @@ from tsfm_public import TimeSeriesPreprocessor
 from sales_forecast.panel import Panel, is_share, joined_ids
 
 logger = logging.getLogger(__name__)
+
+RIDGE = 1e-3  # the drivers' effect: ridge penalty, relative to the drivers' mean sum of squares
+SERIES_PRIOR_WEEKS = 52  # a series' own effect: the pooled one counts as this many weeks of the panel's average
+MAX_LOG_EFFECT = 3.0  # the drivers' factor stays within exp(-3)..exp(3) (0.05..20)
+EFFECT_BLOCK = 4096  # series per block when the effect is fitted (memory)
 
 
 def scaler_frame(panel: Panel, rows: np.ndarray) -> pd.DataFrame:
@@ -77,15 +83,24 @@ class Scaling:
     mean: np.ndarray
     scale: np.ndarray
     known: np.ndarray  # (series,) True where the fitted preprocessor knows the series
+    factor: np.ndarray | None = None  # (series, weeks + future weeks, targets) DriverScaling.factor; None: 1
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """values (series, weeks, targets) in scaled units: what tsp.preprocess gives, as one array operation."""
+        """values (series, weeks, targets) in scaled units, divided by the drivers' factor first: what
+        tsp.preprocess gives (of the divided values), as one array operation."""
+        if self.factor is not None:
+            values = values / self.factor[:, : values.shape[1]]
         return (values - self.mean[:, None]) / self.scale[:, None]
 
-    def invert(self, scaled: np.ndarray, series: np.ndarray) -> np.ndarray:
-        """Scaled forecasts (windows, horizon, targets) of the given series back in original units, clipped at 0
-        (sales and revenue cannot be negative)."""
-        return np.clip(scaled * self.scale[series, None] + self.mean[series, None], 0, None)
+    def invert(self, scaled: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Scaled forecasts (windows, horizon, targets) of the (series, first forecast week) windows back in
+        original units, times the drivers' factor of the weeks forecast, clipped at 0 (sales and revenue cannot be
+        negative)."""
+        series, cuts = windows
+        out = scaled * self.scale[series, None] + self.mean[series, None]
+        if self.factor is not None:
+            out = out * self.factor[series[:, None], cuts[:, None] + np.arange(scaled.shape[1])]
+        return np.clip(out, 0, None)
 
 
 @dataclass(frozen=True)
@@ -120,17 +135,21 @@ class SeriesScalers:
             return cls(keys, saved["mean"], saved["scale"])
 
 
-def panel_scaling(fitted: TimeSeriesPreprocessor | SeriesScalers, panel: Panel) -> Scaling:
-    """The fitted scalers of the panel's series; a series the preprocessor does not know gets its own history's."""
+def panel_scaling(
+    fitted: TimeSeriesPreprocessor | SeriesScalers, panel: Panel, factor: np.ndarray | None = None
+) -> Scaling:
+    """The fitted scalers of the panel's series; a series the preprocessor does not know gets its own history's
+    (divided by the drivers' factor, as the fitted ones were)."""
     scalers = fitted if isinstance(fitted, SeriesScalers) else SeriesScalers.of(fitted)
     row = scalers.index.get_indexer(joined_ids(panel.keys, scalers.keys.columns))
     known = row >= 0
     mean = np.where(known[:, None], scalers.mean[row], 0.0)
     scale = np.where(known[:, None], scalers.scale[row], 1.0)
     new = np.flatnonzero(~known & (panel.start < len(panel.dates)))  # a series with no week yet keeps (0, 1)
-    own = _standard_stats(panel.values[new], _fit_rows(panel, np.full(len(panel.keys), len(panel.dates)))[new])
+    values = panel.values[new] if factor is None else panel.values[new] / factor[new, : len(panel.dates)]
+    own = _standard_stats(values, _fit_rows(panel, np.full(len(panel.keys), len(panel.dates)))[new])
     mean[new], scale[new] = own[0], own[2]
-    return Scaling(mean, scale, known)
+    return Scaling(mean, scale, known, factor)
 
 
 @dataclass(frozen=True)
@@ -142,12 +161,40 @@ class DriverScaling:
     training mean, divided by one spread pooled over all series. A per-series standard scaler (granite-tsfm's,
     used for the targets) would blow a rare promotion up to 10+ and a nearly flat price cut to -20 or more.
     Categories: each categorical column's training values; in predict mode an unseen value gets code len(values).
+
+    The drivers' effect (DRIVER_EFFECT): TTM reads each window through its own mean and spread and adds the
+    drivers' part in those units, so a promotion that lifts sales by half is a different number in every window, and
+    the backbone reads a history in which weeks with and without it are mixed. Instead, the targets are divided by
+    factor = exp((drivers as the model reads them - centre) @ effect) before scaling and every TTM forecast is
+    multiplied by the factor of its weeks: log(target) = series level + effect . drivers (regression with TTM
+    errors). The effect is fitted by least squares on every series' training weeks at once, and each series' own
+    effect shrunk towards it (the pooled effect weighs as SERIES_PRIOR_WEEKS weeks of the series' own data); what a
+    series' own effect adds stays within what it added over the series' training weeks (a price the series never
+    had is not extrapolated by its own slope). The fine-tuned forecast channel mixing still reads the drivers and
+    learns what the factor leaves.
     """
 
     kinds: tuple  # per driver: "share", "log" or "level"
     offset: dict  # series key -> (drivers,) training mean of the transformed driver (0 for shares)
     spread: np.ndarray  # (drivers,) pooled standard deviation of the centred driver (1 for shares)
     categories: dict  # categorical column -> tuple of its training values
+    effect: np.ndarray | None = None  # (drivers, targets) pooled log effect per unit; None: off (or an older folder)
+    centre: np.ndarray | None = None  # (drivers,) training mean of the drivers as the model reads them
+    own: dict = dataclasses.field(default_factory=dict)  # series key -> (its effect minus the pooled one, (2, targets)
+    # lowest and highest log factor that difference gave over the series' training weeks)
+
+    def factor(self, panel: Panel, encoded: np.ndarray) -> np.ndarray | None:
+        """(series, weeks, targets) what the panel's drivers, as apply gives them (encoded), multiply its targets by,
+        relative to the drivers' training mean: pooled effect plus the series' own part within its training range
+        (a series the scaling does not know: the pooled effect); None without an effect."""
+        if self.effect is None:
+            return None
+        centred = encoded - self.centre
+        none = (np.zeros_like(self.effect), np.zeros((2, self.effect.shape[1])))
+        own = [self.own.get(key, none) for key in panel.keys.itertuples(index=False, name=None)]
+        slope, bounds = np.array([o[0] for o in own]), np.array([o[1] for o in own])
+        part = np.clip(np.einsum("swd,sdt->swt", centred, slope), bounds[:, None, 0], bounds[:, None, 1])
+        return np.exp(np.clip(centred @ self.effect + part, -MAX_LOG_EFFECT, MAX_LOG_EFFECT))
 
     def apply(self, panel: Panel) -> tuple[np.ndarray, np.ndarray | None]:
         """The panel's drivers as the model reads them, and its series' category codes (series, columns) or None.
@@ -174,8 +221,9 @@ def _driver_transform(drivers: np.ndarray, kinds: tuple) -> np.ndarray:
     return np.where(np.array([kind == "log" for kind in kinds]), np.log(np.maximum(drivers, 1e-9)), drivers)
 
 
-def fit_driver_scaling(panel: Panel, *, fit_end: np.ndarray) -> DriverScaling:
-    """DriverScaling of the panel's drivers and categories, from each series' weeks before fit_end[s]."""
+def fit_driver_scaling(panel: Panel, *, fit_end: np.ndarray, effect: bool = False) -> DriverScaling:
+    """DriverScaling of the panel's drivers and categories, from each series' weeks before fit_end[s]; effect: with
+    the drivers' effect on the targets (DRIVER_EFFECT)."""
     rows = _fit_rows(panel, fit_end)
     seen = panel.drivers[:, : len(panel.dates)][rows]  # (rows, drivers)
     share = is_share(seen)
@@ -189,7 +237,58 @@ def fit_driver_scaling(panel: Panel, *, fit_end: np.ndarray) -> DriverScaling:
     offset = {key: mean[s] for s, key in enumerate(keys)}
     categories = {c: tuple(sorted(panel.keys[c].astype(str).unique())) for c in panel.categorical}
     logger.debug("Driver scaling: %s", dict(zip(panel.driver_names, zip(kinds, spread.round(4)))))
-    return DriverScaling(kinds, offset, spread, categories)
+    scaling = DriverScaling(kinds, offset, spread, categories)
+    if not effect or not panel.driver_specs:
+        return scaling
+    return _with_effect(scaling, panel, rows)
+
+
+def _with_effect(scaling: DriverScaling, panel: Panel, rows: np.ndarray) -> DriverScaling:
+    """The scaling with the drivers' effect: log(target) on the drivers as the model reads them, each side centred
+    on its series' mean, least squares over the rows weeks where every target is > 0 and no data gap was filled in
+    (a week closed or without sales says nothing of a multiplicative effect): pooled over every series (with a 0.1%
+    ridge), then per series with the pooled effect as the prior."""
+    encoded = scaling.apply(panel)[0][:, : len(panel.dates)]
+    rows = rows & (panel.values > 0).all(2) & (True if panel.gap is None else ~panel.gap)
+    if not rows.any():
+        return scaling
+    blocks = [slice(b, b + EFFECT_BLOCK) for b in range(0, len(rows), EFFECT_BLOCK)]
+    equations = [_normal_equations(encoded[b], panel.values[b], rows[b]) for b in blocks]
+    gram_s, cross_s = np.concatenate([e[0] for e in equations]), np.concatenate([e[1] for e in equations])
+    gram = gram_s.sum(0)
+    gram = gram + RIDGE * np.diag(gram).mean() * np.eye(len(gram))
+    effect = np.linalg.solve(gram, cross_s.sum(0))
+    prior = SERIES_PRIOR_WEEKS * gram / rows.sum()
+    slope = np.linalg.solve(gram_s + prior, cross_s + prior @ effect) - effect  # (series, drivers, targets)
+    centre = (encoded * rows[..., None]).sum((0, 1), dtype=np.float64) / rows.sum()
+    bounds = np.concatenate([_own_range(encoded[b] - centre, slope[b], rows[b]) for b in blocks])
+    keys = panel.keys.itertuples(index=False, name=None)
+    logger.info(
+        "Drivers' effect on the targets (log per unit as the model reads them), divided out before TTM: %s",
+        {name: dict(zip(panel.targets, effect[d].round(3).tolist())) for d, name in enumerate(panel.driver_names)},
+    )
+    own = {key: (slope[s], bounds[s]) for s, key in enumerate(keys)}
+    return dataclasses.replace(scaling, effect=effect, centre=centre, own=own)
+
+
+def _normal_equations(encoded: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per series: X'X (drivers, drivers) and X'y (drivers, targets) of the rows weeks, X the drivers and y the log
+    targets, each centred on the series' mean over those weeks."""
+    n = np.maximum(rows.sum(1), 1)[:, None, None]
+    x = encoded.astype(np.float64) * rows[..., None]
+    x = (x - x.sum(1, keepdims=True) / n) * rows[..., None]
+    y = np.log(np.where(rows[..., None], values, 1.0))
+    y = (y - y.sum(1, keepdims=True) / n) * rows[..., None]
+    return np.einsum("swd,swe->sde", x, x), np.einsum("swd,swt->sdt", x, y)
+
+
+def _own_range(centred: np.ndarray, slope: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(series, 2, targets) lowest and highest log factor the series' own slope gave over its rows weeks (0, 0
+    without any)."""
+    part = np.einsum("swd,sdt->swt", centred, slope)
+    low = np.where(rows[..., None], part, np.inf).min(1)
+    high = np.where(rows[..., None], part, -np.inf).max(1)
+    return np.stack([np.where(rows.any(1)[:, None], low, 0.0), np.where(rows.any(1)[:, None], high, 0.0)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -206,17 +305,34 @@ class ScaledPanel:
 def scale_panel(
     panel: Panel, fitted: TimeSeriesPreprocessor | SeriesScalers, drivers: DriverScaling | None = None
 ) -> ScaledPanel:
-    """The panel in the scaled units of the fitted scalers (unknown series: their own history), and its drivers and
-    categories as the model reads them."""
-    scaling = panel_scaling(fitted, panel)
-    encoded, codes = drivers.apply(panel) if drivers and (panel.driver_specs or panel.categorical) else (None, None)
+    """The panel in the scaled units of the fitted scalers (unknown series: their own history), divided by the
+    drivers' factor where the driver scaling has an effect, and its drivers and categories as the model reads them."""
+    return _scaled(panel, fitted, *_model_drivers(panel, drivers))
+
+
+def _model_drivers(panel: Panel, drivers: DriverScaling | None) -> tuple:
+    """(drivers as the model reads them, category codes, the drivers' factor), each None where there is none."""
+    if not drivers or not (panel.driver_specs or panel.categorical):
+        return None, None, None
+    encoded, codes = drivers.apply(panel)
+    return encoded, codes, drivers.factor(panel, encoded)
+
+
+def _scaled(panel: Panel, fitted: TimeSeriesPreprocessor | SeriesScalers, encoded, codes, factor) -> ScaledPanel:
+    scaling = panel_scaling(fitted, panel, factor)
     return ScaledPanel(panel, scaling, scaling.apply(panel.values), encoded, codes)
 
 
 def fit_and_scale(
-    panel: Panel, *, fit_end: np.ndarray
+    panel: Panel, *, fit_end: np.ndarray, driver_effect: bool
 ) -> tuple[tuple[TimeSeriesPreprocessor, DriverScaling], ScaledPanel]:
-    """The one fit-and-scale step of every training (backtest origins and the final refit): target scalers and
-    driver scaling fitted on each series' weeks before fit_end[s], and the panel scaled by them."""
-    tsp, drivers = fit_group_scaler(panel, fit_end=fit_end), fit_driver_scaling(panel, fit_end=fit_end)
-    return (tsp, drivers), scale_panel(panel, tsp, drivers)
+    """The one fit-and-scale step of every training (backtest origins and the final refit): driver scaling (with
+    the drivers' effect: driver_effect) and target scalers (of the targets divided by it) fitted on each series'
+    weeks before fit_end[s], and the panel scaled by them."""
+    drivers = fit_driver_scaling(panel, fit_end=fit_end, effect=driver_effect)
+    encoded, codes, factor = _model_drivers(panel, drivers)
+    divided = (
+        panel if factor is None else dataclasses.replace(panel, values=panel.values / factor[:, : len(panel.dates)])
+    )
+    tsp = fit_group_scaler(divided, fit_end=fit_end)
+    return (tsp, drivers), _scaled(panel, tsp, encoded, codes, factor)

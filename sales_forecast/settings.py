@@ -40,6 +40,7 @@ class DataSettings(_Section):
     categorical_columns: tuple = ()
     week_anchor: str = "auto"
     gap_weeks: int = 0  # model folders of earlier versions read every week without rows as 0
+    driver_effect: bool = False  # model folders of earlier versions divided nothing out (drivers.pkl says it too)
 
     @property
     def columns(self) -> dict:

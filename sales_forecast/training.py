@@ -109,7 +109,7 @@ def wape_metric(data: ScaledPanel, windows: Windows, horizon: int) -> Callable:
     y = data.panel.values[series[:, None], cuts[:, None] + np.arange(horizon)]
 
     def compute(prediction: EvalPrediction) -> dict[str, float]:
-        forecast = data.scaling.invert(prediction.predictions[:, :horizon], series)
+        forecast = data.scaling.invert(prediction.predictions[:, :horizon], windows)
         return {"wape": float(np.mean(np.abs(forecast - y).sum((0, 1)) / np.abs(y).sum((0, 1))))}
 
     return compute

@@ -75,6 +75,7 @@ BAD_VALUES = {
     "CATEGORICAL_COLUMNS": ("canal", "CATEGORICAL_COLUMNS=['canal'] are not in ID_COLUMNS"),
     "WEEK_ANCHOR": ("W-XYZ", "WEEK_ANCHOR='W-XYZ' is not allowed: use 'auto' or W-MON .. W-SUN"),
     "GAP_WEEKS": ("-1", "GAP_WEEKS=-1 is not allowed: use an integer >= 0 (0 = weeks without rows are always 0)"),
+    "DRIVER_EFFECT": ("maybe", "DRIVER_EFFECT must be True or False"),
     "BACKTEST_ORIGINS": ("0", "BACKTEST_ORIGINS=0 is not allowed: use an integer >= 1"),
     "BACKTEST_STEP": ("-26", "BACKTEST_STEP=-26 is not allowed: use an integer >= 0 (0 = PREDICTION_LENGTH)"),
     "FORECAST_METHOD": ("best", "FORECAST_METHOD='best' is not allowed: use auto, one of zero_shot, fine_tuned"),

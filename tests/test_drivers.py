@@ -14,7 +14,7 @@ from sales_forecast.drivers import HOLIDAY, add_drivers, future_controls, holida
 from sales_forecast.model import build_model
 from sales_forecast.panel import resample_weekly
 from sales_forecast.sales_csv import InputError, read_sales_csv
-from sales_forecast.scaling import fit_driver_scaling
+from sales_forecast.scaling import fit_and_scale, fit_driver_scaling
 
 IDS, TARGETS, CONTROLS = ("produto_cat", "uf_cat"), ("vendas", "faturamento"), ("preco", "promocao")
 
@@ -164,6 +164,54 @@ def test_driver_scaling_keeps_shares_and_puts_prices_relative_to_the_series():
     assert scaling.apply(unseen)[1][:, 0].tolist() == [1, 2] * 3  # BA, unseen: the "unknown" code
 
 
+def test_the_drivers_effect_is_fitted_on_training_weeks_divided_out_and_multiplied_back():
+    history, future = promo_panel()  # promotion weeks: units x3 at a 20% lower price, revenue x2.4
+    panel = _with_future(history, future)
+    fit_end = np.full(len(panel.keys), len(panel.dates) - 30)
+    scaling = fit_driver_scaling(panel, fit_end=fit_end, effect=True)
+    factor = scaling.factor(panel, scaling.apply(panel)[0])  # (series, weeks + future weeks, targets)
+    promo = panel.drivers[..., 1] == 1
+    np.testing.assert_allclose(factor[promo].mean(0) / factor[~promo].mean(0), [3.0, 2.4], rtol=0.05)
+    later = dataclasses.replace(
+        panel, values=panel.values * np.where(np.arange(len(panel.dates)) < fit_end[0], 1, 9)[:, None]
+    )
+    np.testing.assert_array_equal(fit_driver_scaling(later, fit_end=fit_end, effect=True).effect, scaling.effect)
+    assert fit_driver_scaling(panel, fit_end=fit_end).effect is None  # DRIVER_EFFECT=False
+    weeks = len(panel.dates)
+    for effect, gap in ((True, (0.0, 0.3)), (False, (1.0, 9.0))):  # scaled vendas: promotion weeks minus the others
+        _, data = fit_and_scale(panel, fit_end=fit_end, driver_effect=effect)
+        lift = data.values[..., 0][promo[:, :weeks]].mean() - data.values[..., 0][~promo[:, :weeks]].mean()
+        assert gap[0] <= abs(lift) < gap[1]
+        windows = (np.arange(len(panel.keys)), np.full(len(panel.keys), weeks - HORIZON))
+        back = data.scaling.invert(data.values[:, weeks - HORIZON :], windows)
+        np.testing.assert_allclose(back, panel.values[:, weeks - HORIZON :], rtol=1e-9, atol=1e-9)
+
+
+def test_each_series_has_its_own_effect_not_extrapolated_beyond_its_training_weeks():
+    history, future = promo_panel()
+    strong = (history["produto_cat"] == "P2") & (history["promocao"] == 1)
+    history.loc[strong, ["vendas", "faturamento"]] *= 2  # P2 sells 6x on promotion, the others 3x
+    future.loc[future["produto_cat"] == "P0", "preco"] *= 3  # a price P0 never had
+    panel = _with_future(history, future)
+    scaling = fit_driver_scaling(panel, fit_end=np.full(len(panel.keys), len(panel.dates)), effect=True)
+    encoded = scaling.apply(panel)[0]
+    factor = scaling.factor(panel, encoded)
+    promo, weeks = panel.drivers[..., 1] == 1, len(panel.dates)
+    lift = np.array(
+        [
+            factor[s, :weeks][promo[s, :weeks], 0].mean() / factor[s, :weeks][~promo[s, :weeks], 0].mean()
+            for s in range(6)
+        ]
+    )
+    p2 = (panel.keys["produto_cat"] == "P2").to_numpy()
+    assert lift[p2].min() > 4.5 and lift[~p2].max() < 3.6  # shrunk towards the pooled lift, ~3.9
+    pooled = np.clip((encoded - scaling.centre) @ scaling.effect, -3, 3)
+    for s in np.flatnonzero((panel.keys["produto_cat"] == "P0").to_numpy()):
+        own = np.log(factor[s, weeks:, 0]) - pooled[s, weeks:, 0]
+        low, high = scaling.own[tuple(panel.keys.iloc[s])][1][:, 0]
+        assert (own >= low - 1e-9).all() and (own <= high + 1e-9).all()
+
+
 def test_targets_only_backbone_gives_the_same_forecast_and_starts_at_pretrained(model_dir):
     torch.manual_seed(0)
     kw = {"context_length": 104, "prediction_length": HORIZON, "prefer_l1": True, "num_channels": 2}
@@ -197,8 +245,10 @@ def test_no_drivers_builds_the_plain_model(tmp_path, model_dir):
     assert saved.settings["CONTROL_COLUMNS"] == [] and saved.drivers.kinds == ()
 
 
-@pytest.fixture(scope="module")
-def promo_run(tmp_path_factory, model_dir):
+@pytest.fixture(scope="module", params=[False, True], ids=["fcm_only", "driver_effect"])
+def promo_run(request, tmp_path_factory, model_dir):
+    """A run on promo_panel, its future file and metrics: the drivers reach the forecast through the trained
+    forecast channel mixing alone, or also through their effect divided out of the targets (DRIVER_EFFECT)."""
     tmp = tmp_path_factory.mktemp("promo")
     history, future = promo_panel()
     history.to_csv(tmp / "vendas.csv", index=False)
@@ -214,15 +264,17 @@ def promo_run(tmp_path_factory, model_dir):
         "--NUM_TRAIN_EPOCHS=6",
         "--MAX_TRAIN_WINDOWS=1024",
         "--HOLIDAY_COUNTRY=BR",
+        f"--DRIVER_EFFECT={request.param}",
     )
     metrics = ttm_model.main(args)
+    assert (load_artifacts(tmp / "final").drivers.effect is not None) == request.param
     assert load_artifacts(tmp / "final").settings["CONTROL_COLUMNS"] == list(CONTROLS)  # not the holiday flag
     return tmp, future, metrics
 
 
 def test_what_if_a_promotion_raises_that_products_forecast(promo_run):
     tmp, future, metrics = promo_run
-    assert metrics["refit_epochs"] > 0
+    assert metrics["refit_epochs"] > 0 or load_artifacts(tmp / "final").drivers.effect is not None  # a driver path
     base = pd.read_csv(tmp / "results" / "previsoes.csv")
     plan = future.copy()
     switched = plan["produto_cat"] == "P1"

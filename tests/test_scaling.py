@@ -110,16 +110,22 @@ def test_scaling_round_trips_and_unscale_clips_at_zero():
     scaling = Scaling(mean=np.array([[2.0], [10.0]]), scale=np.array([[1.0], [4.0]]), known=np.ones(2, bool))
     values = np.array([[[1.0], [5.0]], [[30.0], [2.0]]])  # (series, weeks, targets)
     np.testing.assert_allclose(scaling.apply(values)[1, :, 0], [5.0, -2.0])
-    np.testing.assert_allclose(scaling.invert(scaling.apply(values), np.array([0, 1])), values)
-    out = scaling.invert(np.array([[[-5.0], [1.0]]]), np.array([0]))
+    np.testing.assert_allclose(scaling.invert(scaling.apply(values), (np.array([0, 1]), np.array([0, 0]))), values)
+    out = scaling.invert(np.array([[[-5.0], [1.0]]]), (np.array([0]), np.array([0])))
     np.testing.assert_array_equal(out[0, :, 0], [0.0, 3.0])
+    factor = np.array([[[1.0], [2.0], [4.0]], [[0.5], [1.0], [1.0]]])  # (series, weeks + 1 future week, targets)
+    driven = replace(scaling, factor=factor)
+    np.testing.assert_allclose(driven.apply(values)[0, :, 0], [-1.0, 0.5])  # 1 / 1 - 2, 5 / 2 - 2
+    np.testing.assert_allclose(driven.invert(driven.apply(values), (np.array([0, 1]), np.array([0, 0]))), values)
+    np.testing.assert_allclose(driven.invert(np.array([[[0.5]]]), (np.array([0]), np.array([2])))[0, 0], [10.0])
 
 
 def test_fit_and_scale_is_the_scalers_fitted_before_fit_end(panel_df):
     panel, _ = weekly(panel_df)
     fit_end = np.full(len(panel.keys), 50)
-    (tsp, drivers), data = fit_and_scale(panel, fit_end=fit_end)
+    (tsp, drivers), data = fit_and_scale(panel, fit_end=fit_end, driver_effect=True)
     expected = scale_panel(panel, fit_group_scaler(panel, fit_end=fit_end))
     np.testing.assert_array_equal(data.values, expected.values)
     np.testing.assert_allclose(data.scaling.mean, panel.values[:, :50].mean(1))
     assert drivers.kinds == () and data.drivers is None  # a panel without drivers
+    assert drivers.effect is None and data.scaling.factor is None  # nothing to divide out

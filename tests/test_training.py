@@ -19,7 +19,7 @@ IDS, TARGETS = ("produto_cat", "uf_cat"), ("vendas", "faturamento")
 def test_each_epoch_draws_other_windows(panel_df, model_dir, tmp_path):
     panel, _ = resample_weekly(panel_df, date_column="date", id_columns=IDS, target_columns=TARGETS)
     split = split_by_time(panel, end=len(panel.dates), horizon=HORIZON, min_context=8, stride=1)
-    _, data = fit_and_scale(panel, fit_end=split.fit_end)
+    _, data = fit_and_scale(panel, fit_end=split.fit_end, driver_effect=True)
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     settings = settings_for(["--NUM_TRAIN_EPOCHS=2", "--BATCH_SIZE=8", "--MAX_TRAIN_WINDOWS=40", "--USE_CPU=True"])
     trainer = make_trainer(
@@ -42,7 +42,7 @@ def test_each_epoch_draws_other_windows(panel_df, model_dir, tmp_path):
 def test_validation_windows_are_a_fixed_sample_with_targets_unmasked(panel_df, model_dir, tmp_path):
     panel, _ = resample_weekly(panel_df, date_column="date", id_columns=IDS, target_columns=TARGETS)
     split = split_by_time(panel, end=len(panel.dates), horizon=HORIZON, min_context=8, stride=1)
-    _, data = fit_and_scale(panel, fit_end=split.fit_end)
+    _, data = fit_and_scale(panel, fit_end=split.fit_end, driver_effect=True)
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     settings = settings_for(["--MAX_VALID_WINDOWS=4", "--USE_CPU=True"]).train
     kw = {"train": split.train, "train_end": split.valid_start, "horizon": HORIZON, "settings": settings}
@@ -58,7 +58,7 @@ def test_validation_windows_are_a_fixed_sample_with_targets_unmasked(panel_df, m
 def test_each_epoch_is_one_log_line_and_nothing_is_printed(panel_df, model_dir, tmp_path, capsys, caplog):
     panel, _ = resample_weekly(panel_df, date_column="date", id_columns=IDS, target_columns=TARGETS)
     split = split_by_time(panel, end=len(panel.dates), horizon=HORIZON, min_context=8, stride=1)
-    _, data = fit_and_scale(panel, fit_end=split.fit_end)
+    _, data = fit_and_scale(panel, fit_end=split.fit_end, driver_effect=True)
     model = build_model(model_dir, context_length=104, prediction_length=HORIZON, prefer_l1=True, num_channels=2)
     flags = ["--NUM_TRAIN_EPOCHS=2", "--BATCH_SIZE=8", "--MAX_TRAIN_WINDOWS=16", "--MAX_VALID_WINDOWS=4"]
     settings = settings_for([*flags, "--USE_CPU=True"]).train
