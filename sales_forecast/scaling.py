@@ -319,6 +319,7 @@ def _model_drivers(panel: Panel, drivers: DriverScaling | None) -> tuple:
 
 
 def _scaled(panel: Panel, fitted: TimeSeriesPreprocessor | SeriesScalers, encoded, codes, factor) -> ScaledPanel:
+    """scale_panel given the drivers as _model_drivers reads them (fit_and_scale reads them once for both steps)."""
     scaling = panel_scaling(fitted, panel, factor)
     return ScaledPanel(panel, scaling, scaling.apply(panel.values), encoded, codes)
 
