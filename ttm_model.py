@@ -228,7 +228,15 @@ def backtest_origin(
         panel.keys.iloc[series].reset_index(drop=True),
         panel.values[series[:, None], split.test_start + np.arange(horizon)],  # the actuals (no gap there: split)
         forecasts,
-        interval_scale(history.values, history.start, split.test_start, known.scaling.scale)[series],
+        interval_scale(
+            history.values,
+            history.start,
+            split.test_start,
+            known.scaling.scale,
+            factor=known.scaling.factor,
+            windows=split.test,
+            horizon=horizon,
+        ),
         mase_scale(history.values, history.start, split.test_start)[series],
         training,
     )

@@ -171,9 +171,8 @@ def forecast_future(
     bounds, original units); series the scaler did not know are flagged new_series."""
     panel = data.panel
     needed = needed_forecasts(selection.values())
-    forecasts = method_forecasts(
-        {n: m for n, m in models.items() if n in needed}, data, future_windows(panel), horizon=horizon
-    )
+    windows = future_windows(panel)
+    forecasts = method_forecasts({n: m for n, m in models.items() if n in needed}, data, windows, horizon=horizon)
     point = selected_forecast(forecasts, selection)
     logger.info(
         "Forecast of %d series x %d weeks by %s",
@@ -181,7 +180,15 @@ def forecast_future(
         horizon,
         ", ".join(f"{target}: {method}" for target, method in selection.items()),
     )
-    scale = interval_scale(panel.values, panel.start, len(panel.dates), data.scaling.scale)
+    scale = interval_scale(
+        panel.values,
+        panel.start,
+        len(panel.dates),
+        data.scaling.scale,
+        factor=data.scaling.factor,
+        windows=windows,
+        horizon=horizon,
+    )
     bounds = None if conformal is None else interval_bounds(conformal, point, scale)
     dates = pd.date_range(panel.dates[-1], periods=horizon + 1, freq=panel.dates.freq)[1:]
     return forecast_frame(

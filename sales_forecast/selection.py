@@ -34,7 +34,7 @@ class OriginResult:
     keys: pd.DataFrame  # id columns of each test window's series
     y: np.ndarray  # (windows, horizon, targets)
     forecasts: dict[str, np.ndarray]
-    scale: np.ndarray  # (windows, targets): the scale interval errors are measured in (intervals.interval_scale)
+    scale: np.ndarray  # (windows, horizon, targets): the scale interval errors are measured in (interval_scale)
     mase_scale: np.ndarray  # (windows, targets)
     training: dict
 
@@ -247,8 +247,8 @@ def series_calibration(origins: Sequence[OriginResult], first_week: str | pd.Tim
 def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Actuals and forecasts of the origins' windows in each series' scale."""
     return (
-        np.concatenate([o.y / o.scale[:, None] for o in origins]),
-        np.concatenate([f / o.scale[:, None] for o, f in zip(origins, forecasts)]),
+        np.concatenate([o.y / o.scale for o in origins]),
+        np.concatenate([f / o.scale for o, f in zip(origins, forecasts)]),
     )
 
 

@@ -50,12 +50,11 @@ class LevelIntervals:
         """Lower and upper bounds around the groups' point forecasts (groups, horizon, targets)."""
         if self.conformal is None:
             return None
-        scale = level_scale(point)
+        scale = np.broadcast_to(level_scale(point)[:, None], point.shape)
         if not self.pooled:
             return interval_bounds(self.conformal, point, scale)
-        groups, horizon, targets = point.shape
-        flat = point.reshape(groups * horizon, 1, targets)
-        lower, upper = interval_bounds(self.conformal, flat, np.repeat(scale, horizon, axis=0))
+        flat = (1, point.shape[2])
+        lower, upper = interval_bounds(self.conformal, point.reshape(-1, *flat), scale.reshape(-1, *flat))
         return lower.reshape(point.shape), upper.reshape(point.shape)
 
 

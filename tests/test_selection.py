@@ -34,7 +34,7 @@ def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) 
         pd.DataFrame({"produto_cat": [f"{i}" for i in range(n)], "uf_cat": "SP"}),
         y,
         {method: y + error for method, error in ({"gbm": 70.0} | errors).items()},
-        np.ones((n, 2)),
+        np.ones((n, HORIZON, 2)),
         np.ones((n, 2)),
         training or {"best_epoch": 0, "train_windows": 0},
     )
@@ -175,7 +175,7 @@ def test_the_future_interval_is_as_wide_as_the_errors_of_the_same_weeks_a_year_b
 
     def width(origins: list[OriginResult]) -> float:
         conformal, _, _ = backtest_intervals(origins, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)
-        lower, upper = interval_bounds(conformal, np.full((1, HORIZON, 2), 100.0), np.ones((1, 2)))
+        lower, upper = interval_bounds(conformal, np.full((1, HORIZON, 2), 100.0), np.ones((1, HORIZON, 2)))
         return float((upper - lower).mean())
 
     calm_season = [origin(60, 30.0), origin(52, 5.0), origin(16, 30.0), origin(HORIZON, 30.0)]
@@ -208,6 +208,29 @@ def test_interval_scale_is_the_series_forecast_difficulty_not_its_spread():
     noisy = 100 + rng.normal(0, smooth.std(), len(weeks))
     values = np.stack([smooth, noisy, np.full(len(weeks), 5.0)])[..., None]
     std = values.std(axis=1)
-    scale = interval_scale(values, np.zeros(3, int), len(weeks), np.where(std > 0, std, 1.0))
-    assert scale[0, 0] < 0.01 * scale[1, 0]  # same std, a tiny seasonal-naive error
-    assert scale[2, 0] == 1.0  # no error to measure: the scaler's
+    windows = (np.arange(3), np.full(3, len(weeks)))
+    scale = interval_scale(
+        values, np.zeros(3, int), len(weeks), np.where(std > 0, std, 1.0), factor=None, windows=windows, horizon=4
+    )
+    assert scale.shape == (3, 4, 1) and (scale == scale[:, :1]).all()  # one scale for every week without drivers
+    assert scale[0, 0, 0] < 0.01 * scale[1, 0, 0]  # same std, a tiny seasonal-naive error
+    assert scale[2, 0, 0] == 1.0  # no error to measure: the scaler's
+
+
+def test_interval_scale_follows_the_drivers_factor():
+    """Sales that are the drivers' factor times a calm series (a promotion triples them, a closed week takes 5%):
+    measured on the values divided by the factor, a series with promotions is as easy as one without, and each
+    week's scale moves with its factor: wide on a promotion week, narrow on a closed one."""
+    weeks, horizon = 156, 4
+    rng = np.random.default_rng(0)
+    factor = np.ones((2, weeks + horizon, 1))
+    factor[1, :weeks][rng.random(weeks) < 0.3] = 3.0
+    factor[1, weeks:] = [[3.0], [1.0], [0.05], [1.0]]
+    values = (100 + rng.normal(0, 5, (1, weeks, 1))) * factor[:, :weeks]  # the same calm series twice
+    windows = (np.arange(2), np.full(2, weeks))
+    start, std = np.zeros(2, int), values.std(axis=1)
+    scale = interval_scale(values, start, weeks, std, factor=factor, windows=windows, horizon=horizon)
+    assert scale[1, 1, 0] == pytest.approx(scale[0, 1, 0])  # a plain week of each: as easy with promotions as without
+    assert scale[1, :, 0] / scale[1, 1, 0] == pytest.approx([3.0, 1.0, 0.05, 1.0])
+    plain = interval_scale(values, start, weeks, std, factor=None, windows=windows, horizon=horizon)
+    assert plain[1, 1, 0] > 5 * scale[1, 1, 0]  # without the factor: the promotions' jumps count as errors
