@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sales_forecast.selection import OriginResult
-from sales_forecast.totals import TOTAL, add_sums, backtest_totals, level_sums, totals_frame
+from sales_forecast.totals import SCALE_FLOOR, TOTAL, add_sums, backtest_totals, level_scale, level_sums, totals_frame
 
 TARGETS = ("vendas", "faturamento")
 
@@ -76,6 +76,22 @@ def test_totals_bounds_come_from_their_own_level_and_are_ordered():
         ).all()
         width = (totals[f"{target}_upper"] - totals[f"{target}_lower"]) / totals[target]
         assert width[totals["nivel"] == TOTAL].mean() < width[totals["nivel"] == "produto_cat"].mean()
+
+
+def test_totals_bounds_follow_each_weeks_forecast_with_a_floor_for_weeks_forecast_near_zero():
+    """Errors measured relative to each week's total forecast: a week forecast at twice the others (a promotion)
+    gets twice their interval. A week forecast at 0 is measured in a quarter of the group's mean forecast
+    (SCALE_FLOOR): a sale that week stays an error of a few forecasts, not of 1e9."""
+    origins, selection = _origins(), {"vendas": "zero_shot", "faturamento": "zero_shot"}
+    intervals, _ = backtest_totals(origins, selection, level=0.8, targets=TARGETS)
+    point = np.full((3, 4, 2), 1000.0)
+    point[:, 1] = 2000.0
+    lower, upper = intervals["uf_cat"].bounds(point)
+    np.testing.assert_allclose((upper - lower)[:, 1], 2 * (upper - lower)[:, 0])
+    point[:, 2] = 0.0
+    scale = level_scale(point)
+    np.testing.assert_allclose(scale[:, [0, 1, 3]], point[:, [0, 1, 3]])
+    np.testing.assert_allclose(scale[:, 2], SCALE_FLOOR * 1000.0)  # the mean of 1000, 2000, 0, 1000
 
 
 def test_totals_calibrate_on_the_latest_year_of_origins_that_hold_enough_values():
