@@ -245,7 +245,7 @@ def series_calibration(origins: Sequence[OriginResult], first_week: str | pd.Tim
 
 
 def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Actuals and forecasts of the origins' windows in each series' scale."""
+    """Actuals and forecasts of the origins' windows, each week in its own interval scale (OriginResult.scale)."""
     return (
         np.concatenate([o.y / o.scale for o in origins]),
         np.concatenate([f / o.scale for o, f in zip(origins, forecasts)]),
