@@ -35,7 +35,7 @@ from sales_forecast.evaluation import mase_scale, plot_results, plot_totals, wri
 from sales_forecast.forecast import forecast_future, method_forecasts, method_parts
 from sales_forecast.gbm import fit_gbm
 from sales_forecast.inputs import load_sales, predict_inputs
-from sales_forecast.intervals import interval_scale
+from sales_forecast.intervals import SCALES, interval_scales
 from sales_forecast.model import DRIVER_BLOCKS, build_model, model_shape, unfreeze_only
 from sales_forecast.panel import Panel, panel_until
 from sales_forecast.report import collected_warnings, write_report
@@ -116,13 +116,20 @@ def run_train(settings: Settings, *, fresh_start: bool, synthetic_if_missing: bo
         )
     clock.lap("refit")
     forecast = forecast_future(
-        models, scaled, choice.conformal, choice.selection, horizon=horizon, date_column=data.date_column
+        models,
+        scaled,
+        choice.conformal,
+        choice.selection,
+        horizon=horizon,
+        date_column=data.date_column,
+        scale_kind=choice.interval_scale,
     )
     forecast_rate = len(panel.keys) / clock.lap("forecast")
     saved = settings.as_config() | {
         "WEEK_ANCHOR": anchor,
         "CONTROL_COLUMNS": panel.control_columns,
         "SELECTION": choice.selection,
+        "INTERVAL_SCALE": choice.interval_scale,
     }
     metrics = {"trainable_fraction": trainable, "n_series": len(panel.keys), "refit_epochs": epochs, **choice.figures}
     metrics["totals"] = metrics_by_level
@@ -228,15 +235,7 @@ def backtest_origin(
         panel.keys.iloc[series].reset_index(drop=True),
         panel.values[series[:, None], split.test_start + np.arange(horizon)],  # the actuals (no gap there: split)
         forecasts,
-        interval_scale(
-            history.values,
-            history.start,
-            split.test_start,
-            known.scaling.scale,
-            factor=known.scaling.factor,
-            windows=split.test,
-            horizon=horizon,
-        ),
+        interval_scales(history, split.test_start, known.scaling, windows=split.test, horizon=horizon),
         mase_scale(history.values, history.start, split.test_start)[series],
         training,
     )
@@ -389,6 +388,7 @@ def run_predict(settings: Settings, *, warnings: list[str]) -> dict:
                 saved.settings["SELECTION"],
                 horizon=horizon,
                 date_column=data.date_column,
+                scale_kind=saved.settings.get("INTERVAL_SCALE", SCALES[0]),  # folders of earlier versions: "series"
             )
             clock.lap("forecast")
             out.write(point)

@@ -166,9 +166,11 @@ def forecast_future(
     *,
     horizon: int,
     date_column: str,
+    scale_kind: str,
 ) -> pd.DataFrame:
     """previsoes.csv rows: every series forecast from its last week by each target's selected method (point and
-    bounds, original units); series the scaler did not know are flagged new_series."""
+    bounds, original units, the bounds in the interval scale of that kind: intervals.SCALES); series the scaler did
+    not know are flagged new_series."""
     panel = data.panel
     needed = needed_forecasts(selection.values())
     windows = future_windows(panel)
@@ -185,7 +187,7 @@ def forecast_future(
         panel.start,
         len(panel.dates),
         data.scaling.scale,
-        factor=data.scaling.factor,
+        factor=data.scaling.factor if scale_kind == "drivers" else None,
         windows=windows,
         horizon=horizon,
     )

@@ -20,6 +20,9 @@ text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:
 """
 
 
+SCALE_NAMES = {"series": "na escala de cada série", "drivers": "por semana, pelo fator dos direcionadores"}
+
+
 class WarningLog(logging.Handler):
     """Keeps the run's warnings (data repairs, fallbacks) for the page."""
 
@@ -106,6 +109,12 @@ def _coverage_section(metrics: dict) -> str:
         parts.append(
             f"<p>Os intervalos da previsão foram calibrados nos erros das origens {origins} (a que previu as mesmas "
             "semanas um ano antes, quando ela teve treino e janelas suficientes; senão, o último ano de origens).</p>"
+        )
+    if "interval_scale_crps" in metrics:
+        crps = ", ".join(f"{SCALE_NAMES[k]} {_fmt(v)}" for k, v in metrics["interval_scale_crps"].items())
+        parts.append(
+            f"<p>Erros medidos {SCALE_NAMES[metrics['interval_scale']]}: a escala de menor CRPS escalado na última "
+            f"origem ({html.escape(crps)}).</p>"
         )
     for target, by_method in metrics.get("intervals_by_method", {}).items():
         frame = pd.DataFrame(by_method).T.rename_axis("método")

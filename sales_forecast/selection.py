@@ -20,7 +20,7 @@ from sales_forecast.forecast import (
     selected_forecast,
     weighted_name,
 )
-from sales_forecast.intervals import fit_intervals, interval_bounds, interval_scores
+from sales_forecast.intervals import SCALES, fit_intervals, interval_bounds, interval_scores
 from sales_forecast.panel import Panel
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class OriginResult:
     keys: pd.DataFrame  # id columns of each test window's series
     y: np.ndarray  # (windows, horizon, targets)
     forecasts: dict[str, np.ndarray]
-    scale: np.ndarray  # (windows, horizon, targets): the scale interval errors are measured in (interval_scale)
+    scales: dict[str, np.ndarray]  # (windows, horizon, targets) interval error scales by kind (intervals.SCALES)
     mase_scale: np.ndarray  # (windows, targets)
     training: dict
 
@@ -244,39 +244,74 @@ def series_calibration(origins: Sequence[OriginResult], first_week: str | pd.Tim
     return calibration_indices(origins, [len(o.y) for o in origins], first_week)
 
 
-def _calibration(origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Actuals and forecasts of the origins' windows, each week in its own interval scale (OriginResult.scale)."""
+def _calibration(
+    origins: Sequence[OriginResult], forecasts: Sequence[np.ndarray], kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Actuals and forecasts of the origins' windows, each week in its interval scale of that kind."""
     return (
-        np.concatenate([o.y / o.scale for o in origins]),
-        np.concatenate([f / o.scale for o, f in zip(origins, forecasts)]),
+        np.concatenate([o.y / o.scales[kind] for o in origins]),
+        np.concatenate([f / o.scales[kind] for o, f in zip(origins, forecasts)]),
     )
+
+
+def _held_out_crps(origins: Sequence[OriginResult], selection: dict[str, str], level: float) -> dict[str, float]:
+    """{scale kind: mean scaled CRPS over the targets} of the selected forecast's intervals on the last origin,
+    calibrated on the origins before it, for each kind every origin has (empty with one origin or too few windows)."""
+    if len(origins) < 2:
+        return {}
+    last, earlier = origins[-1], origins[:-1]
+    calibration = [earlier[i] for i in series_calibration(earlier, last.start)]
+    forecasts = [selected_forecast(o.forecasts, selection) for o in calibration]
+    point, crps = selected_forecast(last.forecasts, selection), {}
+    for kind in (k for k in SCALES if all(k in o.scales for o in origins)):
+        scores = interval_scores(
+            _calibration(calibration, forecasts, kind),
+            point,
+            last.scales[kind],
+            last.y,
+            level=level,
+            targets=tuple(selection),
+        )
+        if scores is not None:
+            crps[kind] = float(np.mean([s["scaled_crps"] for s in scores.values()]))
+    return crps
 
 
 def backtest_intervals(
     origins: Sequence[OriginResult], selection: dict[str, str], level: float
-) -> tuple[PostHocProbabilisticProcessor | None, dict, tuple[np.ndarray, np.ndarray] | None]:
+) -> tuple[PostHocProbabilisticProcessor | None, dict, tuple[np.ndarray, np.ndarray] | None, str]:
     """Intervals calibrated on the selected forecasts of the origins calibration_indices picks for the future; their
-    coverage measured on the last origin with intervals calibrated on the origins before it only (held out).
+    coverage measured on the last origin with intervals calibrated on the origins before it only (held out). Their
+    errors are measured in the scale kind (intervals.SCALES) whose held-out intervals score the lowest scaled CRPS
+    (_held_out_crps; the first kind where none could be scored).
 
-    Returns the intervals for the future, the coverage figures and the last origin's held-out bounds (or None).
+    Returns the intervals for the future, the figures, the last origin's held-out bounds (or None) and the kind.
     """
+    crps = _held_out_crps(origins, selection, level)
+    kind = min(crps, key=crps.get) if crps else SCALES[0]
+    if len(crps) > 1:
+        logger.info(
+            "Interval scale: %s (held-out scaled CRPS %s)", kind, ", ".join(f"{k} {v:.4f}" for k, v in crps.items())
+        )
 
     def calibrate(part: Sequence[OriginResult], first_week) -> tuple[PostHocProbabilisticProcessor | None, list]:
         part = [part[i] for i in series_calibration(part, first_week)]
         forecasts = [selected_forecast(o.forecasts, selection) for o in part]
-        return fit_intervals(*_calibration(part, forecasts), level), [o.start for o in part]
+        return fit_intervals(*_calibration(part, forecasts, kind), level), [o.start for o in part]
 
     held_out = calibrate(origins[:-1], origins[-1].start)[0] if len(origins) > 1 else None
     future, starts = calibrate(origins, next_week(origins))
     logger.info("Intervals calibrated on the errors of the backtest origins %s", ", ".join(starts))
-    figures, bounds = {"interval_level": level, "interval_calibration_origins": starts}, None
+    figures, bounds = {"interval_level": level, "interval_calibration_origins": starts, "interval_scale": kind}, None
+    if len(crps) > 1:
+        figures["interval_scale_crps"] = crps
     if held_out is not None:
         last = origins[-1]
-        bounds = interval_bounds(held_out, selected_forecast(last.forecasts, selection), last.scale)
+        bounds = interval_bounds(held_out, selected_forecast(last.forecasts, selection), last.scales[kind])
         inside = ((last.y >= bounds[0]) & (last.y <= bounds[1])).mean(axis=(0, 1))
         figures["interval_coverage"] = dict(zip(selection, map(float, inside)))
         figures["interval_coverage_origin"] = last.start
-    return future, figures, bounds
+    return future, figures, bounds, kind
 
 
 def method_intervals(
@@ -286,10 +321,11 @@ def method_intervals(
     targets: tuple,
     level: float,
     weights: list[dict[str, list[str]]],
+    kind: str,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Every method's intervals on the last origin, calibrated on the origins before it as the selected method's are:
-    {target: {method: coverage, width, scaled_crps}} (empty with one origin or too few windows). weights:
-    fitted_blends of these origins and methods."""
+    """Every method's intervals on the last origin, calibrated on the origins before it as the selected method's are
+    (scale of that kind): {target: {method: coverage, width, scaled_crps}} (empty with one origin or too few windows).
+    weights: fitted_blends of these origins and methods."""
     if len(origins) < 2:
         return {}
     chosen = series_calibration(origins[:-1], origins[-1].start)
@@ -300,7 +336,7 @@ def method_intervals(
         last = origins[-1]
         point = method_forecast(last.forecasts, method, weights[-2])
         figures = interval_scores(
-            _calibration(calibration, forecasts), point, last.scale, last.y, level=level, targets=targets
+            _calibration(calibration, forecasts, kind), point, last.scales[kind], last.y, level=level, targets=targets
         )
         for target, values in (figures or {}).items():
             scores.setdefault(target, {})[method] = values
@@ -315,6 +351,7 @@ class Choice:
     per_series: pd.DataFrame  # metricas_por_serie.csv
     figures: dict  # backtest, metrics (mean over origins), selection, interval figures: for metricas.json
     conformal: PostHocProbabilisticProcessor | None  # calibrated on every origin, for the future
+    interval_scale: str  # the scale kind its errors are measured in (intervals.SCALES)
     last_origin: pd.DataFrame  # the last origin's selected forecast and held-out interval, previsoes.csv-like
 
 
@@ -326,9 +363,9 @@ def choose_methods(
     per_series, figures, selection = score_backtest(
         origins, targets=panel.targets, methods=methods, forced=forced, weights=weights
     )
-    conformal, intervals, bounds = backtest_intervals(origins, selection, level)
+    conformal, intervals, bounds, kind = backtest_intervals(origins, selection, level)
     intervals["intervals_by_method"] = method_intervals(
-        origins, methods=methods, targets=panel.targets, level=level, weights=weights
+        origins, methods=methods, targets=panel.targets, level=level, weights=weights, kind=kind
     )
     last = origins[-1]
     test_start = panel.dates.get_loc(pd.Timestamp(last.start))
@@ -340,4 +377,4 @@ def choose_methods(
         targets=panel.targets,
         date_column=date_column,
     )
-    return Choice(selection, per_series, figures | intervals, conformal, frame)
+    return Choice(selection, per_series, figures | intervals, conformal, kind, frame)

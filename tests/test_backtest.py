@@ -47,7 +47,9 @@ def test_planted_spike_after_an_origin_changes_nothing_before_it(pretrained, tmp
     spiked.values[:, split.end :] *= 1000  # the weeks after the first origin's test window
     plain, spiked = _same_origin_trained_and_forecast(panel, spiked, split, settings, pretrained, tmp_path)
     np.testing.assert_array_equal(plain.y, spiked.y)
-    np.testing.assert_array_equal(plain.scale, spiked.scale)
+    assert plain.scales.keys() == spiked.scales.keys()
+    for kind, scale in plain.scales.items():
+        np.testing.assert_array_equal(scale, spiked.scales[kind])
     assert np.isfinite(plain.forecasts["gbm"]).all()
 
 

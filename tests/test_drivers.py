@@ -1,6 +1,9 @@
 """Known-future drivers: control columns, the future file, holiday flags, categories, and what-if forecasts."""
 
 import dataclasses
+import hashlib
+import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -311,6 +314,33 @@ def test_predict_in_parts_reads_each_parts_future_drivers(promo_run, tmp_path):
         InputError, match=r"futuro_extra.csv: 1 row\(s\) with series that are not in the data, line\(s\) 50 "
     ):
         ttm_model.run_predict(settings_for(argv), warnings=[])
+
+
+def test_predict_measures_the_intervals_in_the_scale_the_backtest_chose(promo_run, tmp_path):
+    """One backtest origin: nothing held out, the series' scale. The same folder saying the drivers' scale (as the
+    backtest chooses where the drivers' factor explains the errors' size) keeps the points and moves the bounds with
+    each week's factor: a promotion week's interval widens relative to the others'."""
+    tmp, future, metrics = promo_run
+    saved = load_artifacts(tmp / "final")
+    assert metrics["interval_scale"] == saved.settings["INTERVAL_SCALE"] == "series"
+    if saved.drivers.effect is None:
+        return  # no factor: one scale
+    final = tmp_path / "final"
+    shutil.copytree(tmp / "final", final)
+    settings = json.loads((final / "settings.json").read_text()) | {"INTERVAL_SCALE": "drivers"}
+    (final / "settings.json").write_text(json.dumps(settings))
+    manifest = json.loads((final / "manifest.json").read_text())
+    manifest["sha256"]["settings.json"] = hashlib.sha256((final / "settings.json").read_bytes()).hexdigest()
+    (final / "manifest.json").write_text(json.dumps(manifest))
+    argv = ["--MODE=predict", f"--DATA_PATH={tmp / 'vendas.csv'}", f"--FUTURE_PATH={tmp / 'futuro.csv'}"]
+    ttm_model.main([*argv, f"--FINAL_MODEL_DIR={final}", f"--RESULTS_DIR={tmp_path / 'out'}"])
+    ours, theirs = pd.read_csv(tmp_path / "out" / "previsoes.csv"), pd.read_csv(tmp / "results" / "previsoes.csv")
+    pd.testing.assert_series_equal(ours["vendas"], theirs["vendas"])
+    keys = ["produto_cat", "uf_cat", "date"]
+    promoted = ours[keys].merge(future.astype({"date": str}), on=keys, how="left")["promocao"].to_numpy() > 0
+    width = (ours["vendas_upper"] - ours["vendas_lower"]) / (theirs["vendas_upper"] - theirs["vendas_lower"])
+    assert not np.allclose(width, 1.0)
+    assert width[promoted].mean() > width[~promoted].mean()
 
 
 def test_predict_without_the_future_file_says_which_setting(promo_run, tmp_path):

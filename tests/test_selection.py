@@ -34,7 +34,7 @@ def _origin(errors: dict[str, float], training: dict | None = None, n: int = 4) 
         pd.DataFrame({"produto_cat": [f"{i}" for i in range(n)], "uf_cat": "SP"}),
         y,
         {method: y + error for method, error in ({"gbm": 70.0} | errors).items()},
-        np.ones((n, HORIZON, 2)),
+        {"series": np.ones((n, HORIZON, 2))},
         np.ones((n, 2)),
         training or {"best_epoch": 0, "train_windows": 0},
     )
@@ -174,7 +174,7 @@ def test_the_future_interval_is_as_wide_as_the_errors_of_the_same_weeks_a_year_b
         return dataclasses.replace(o, forecasts=dict.fromkeys(o.forecasts, noisy))
 
     def width(origins: list[OriginResult]) -> float:
-        conformal, _, _ = backtest_intervals(origins, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)
+        conformal, _, _, _ = backtest_intervals(origins, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)
         lower, upper = interval_bounds(conformal, np.full((1, HORIZON, 2), 100.0), np.ones((1, HORIZON, 2)))
         return float((upper - lower).mean())
 
@@ -182,6 +182,32 @@ def test_the_future_interval_is_as_wide_as_the_errors_of_the_same_weeks_a_year_b
     assert width(calm_season) == pytest.approx(2 * 1.28 * 5.0, rel=0.2)  # the errors of a year before
     untrained = [calm_season[0], origin(52, 5.0, trained=False), *calm_season[2:]]
     assert width(untrained) > 4 * width(calm_season)  # the latest year's, mostly 30-wide errors
+
+
+@pytest.mark.parametrize("errors_follow_the_factor", [True, False])
+def test_the_interval_scale_kind_is_the_one_with_the_lower_held_out_crps(errors_follow_the_factor):
+    """Two scales: one per series, and one per week from the drivers' factor (0.2, 1 or 3). When the errors' size
+    follows the factor, the drivers' scale wins the held-out CRPS and calibrates the intervals; when it does not,
+    the series' scale does."""
+    rng = np.random.default_rng(0)
+    first = pd.Timestamp("2024-06-05")
+
+    def origin(weeks_before: int) -> OriginResult:
+        o = _origin_at(first, weeks_before, 200)
+        factor = rng.choice([0.2, 1.0, 3.0], o.y.shape)
+        spread = 10 * (factor if errors_follow_the_factor else 1.0)
+        noisy = o.y + rng.normal(0, 1, o.y.shape) * spread
+        scales = {"series": np.ones(o.y.shape), "drivers": factor}
+        return dataclasses.replace(o, forecasts=dict.fromkeys(o.forecasts, noisy), scales=scales)
+
+    origins = [origin(weeks) for weeks in (104, 60, 52, HORIZON)]
+    _, figures, _, kind = backtest_intervals(origins, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)
+    assert kind == ("drivers" if errors_follow_the_factor else "series") == figures["interval_scale"]
+    other = "series" if kind == "drivers" else "drivers"
+    assert figures["interval_scale_crps"][kind] < 0.9 * figures["interval_scale_crps"][other]
+    assert 0.75 < np.mean(list(figures["interval_coverage"].values())) < 0.85
+    series_only = [dataclasses.replace(o, scales={"series": o.scales["series"]}) for o in origins]
+    assert backtest_intervals(series_only, {"vendas": "gbm", "faturamento": "gbm"}, 0.8)[3] == "series"
 
 
 def test_every_method_gets_interval_coverage_width_and_scaled_crps():
@@ -192,7 +218,9 @@ def test_every_method_gets_interval_coverage_width_and_scaled_crps():
         noise = {m: rng.normal(0, 10, origin.y.shape) for m in origin.forecasts}
         origins.append(dataclasses.replace(origin, forecasts={m: f + noise[m] for m, f in origin.forecasts.items()}))
     weights = fitted_blends(origins, config.METHODS, len(TARGETS))
-    scores = method_intervals(origins, methods=config.METHODS, targets=TARGETS, level=0.8, weights=weights)
+    scores = method_intervals(
+        origins, methods=config.METHODS, targets=TARGETS, level=0.8, weights=weights, kind="series"
+    )
     assert set(scores["vendas"]) == set(config.METHODS)
     naive = scores["vendas"]["naive"]
     assert 0.6 < naive["coverage"] < 0.95 and naive["width"] > 0 and 0 < naive["scaled_crps"] < 1

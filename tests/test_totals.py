@@ -33,8 +33,8 @@ def _origins(n_origins: int = 3, n_series: int = 60, horizon: int = 4, seed: int
         forecast = y * rng.normal(1, 0.2, y.shape)
         scale = np.full((n_series, 2), 30.0)
         start = pd.Timestamp("2024-01-03") + pd.Timedelta(weeks=horizon * k)
-        weekly = np.repeat(scale[:, None], horizon, axis=1)
-        origins.append(OriginResult(str(start.date()), keys, y, {"zero_shot": forecast}, weekly, scale, {}))
+        scales = {"series": np.repeat(scale[:, None], horizon, axis=1)}
+        origins.append(OriginResult(str(start.date()), keys, y, {"zero_shot": forecast}, scales, scale, {}))
     return origins
 
 
