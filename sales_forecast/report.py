@@ -20,7 +20,7 @@ text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:
 """
 
 
-SCALE_NAMES = {"series": "na escala de cada série", "drivers": "por semana, pelo fator dos direcionadores"}
+SCALE_NAMES = {"series": "escala de cada série", "drivers": "escala por semana pelo fator dos direcionadores"}
 
 
 class WarningLog(logging.Handler):
@@ -111,10 +111,10 @@ def _coverage_section(metrics: dict) -> str:
             "semanas um ano antes, quando ela teve treino e janelas suficientes; senão, o último ano de origens).</p>"
         )
     if "interval_scale_crps" in metrics:
-        crps = ", ".join(f"{SCALE_NAMES[k]} {_fmt(v)}" for k, v in metrics["interval_scale_crps"].items())
+        crps = "; ".join(f"{SCALE_NAMES[k]} {_fmt(v)}" for k, v in metrics["interval_scale_crps"].items())
         parts.append(
-            f"<p>Erros medidos {SCALE_NAMES[metrics['interval_scale']]}: a escala de menor CRPS escalado na última "
-            f"origem ({html.escape(crps)}).</p>"
+            f"<p>Erros dos intervalos medidos na {SCALE_NAMES[metrics['interval_scale']]}: a de menor CRPS escalado "
+            f"na última origem ({html.escape(crps)}).</p>"
         )
     for target, by_method in metrics.get("intervals_by_method", {}).items():
         frame = pd.DataFrame(by_method).T.rename_axis("método")
