@@ -256,14 +256,16 @@ def _calibration(
 
 def _held_out_crps(origins: Sequence[OriginResult], selection: dict[str, str], level: float) -> dict[str, float]:
     """{scale kind: mean scaled CRPS over the targets} of the selected forecast's intervals on the last origin,
-    calibrated on the origins before it, for each kind every origin has (empty with one origin or too few windows)."""
-    if len(origins) < 2:
+    calibrated on the origins before it, for each kind every origin has (empty with one origin, one kind or too few
+    windows: nothing to choose)."""
+    kinds = [k for k in SCALES if all(k in o.scales for o in origins)]
+    if len(origins) < 2 or len(kinds) < 2:
         return {}
     last, earlier = origins[-1], origins[:-1]
     calibration = [earlier[i] for i in series_calibration(earlier, last.start)]
     forecasts = [selected_forecast(o.forecasts, selection) for o in calibration]
     point, crps = selected_forecast(last.forecasts, selection), {}
-    for kind in (k for k in SCALES if all(k in o.scales for o in origins)):
+    for kind in kinds:
         scores = interval_scores(
             _calibration(calibration, forecasts, kind),
             point,
