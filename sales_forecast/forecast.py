@@ -9,7 +9,7 @@ import torch
 from tsfm_public.toolkit.conformal import PostHocProbabilisticProcessor
 
 from sales_forecast.gbm import MIN_WEEKS, GbmForecaster, gbm_forecast
-from sales_forecast.intervals import interval_bounds, interval_scale
+from sales_forecast.intervals import interval_bounds, interval_scale, kind_factor
 from sales_forecast.model import window_shape
 from sales_forecast.scaling import ScaledPanel
 from sales_forecast.windows import Windows, future_windows, window_dataset
@@ -187,7 +187,7 @@ def forecast_future(
         panel.start,
         len(panel.dates),
         data.scaling.scale,
-        factor=data.scaling.factor if scale_kind == "drivers" else None,
+        factor=kind_factor(data.scaling, scale_kind),
         windows=windows,
         horizon=horizon,
     )

@@ -88,7 +88,7 @@ class Scaling:
     def apply(self, values: np.ndarray) -> np.ndarray:
         """values (series, weeks, targets) in scaled units, divided by the drivers' factor first: what
         tsp.preprocess gives (of the divided values), as one array operation."""
-        return (_divided(values, self.factor) - self.mean[:, None]) / self.scale[:, None]
+        return (divided(values, self.factor) - self.mean[:, None]) / self.scale[:, None]
 
     def invert(self, scaled: np.ndarray, windows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Scaled forecasts (windows, horizon, targets) of the (series, first forecast week) windows back in
@@ -101,7 +101,7 @@ class Scaling:
         return np.clip(out, 0, None)
 
 
-def _divided(values: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+def divided(values: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
     """values (series, weeks, targets) divided by the drivers' factor (series, weeks [+ future weeks], targets) of the
     same series and weeks; as they are without a factor."""
     return values if factor is None else values / factor[:, : values.shape[1]]
@@ -150,7 +150,7 @@ def panel_scaling(
     mean = np.where(known[:, None], scalers.mean[row], 0.0)
     scale = np.where(known[:, None], scalers.scale[row], 1.0)
     new = np.flatnonzero(~known & (panel.start < len(panel.dates)))  # a series with no week yet keeps (0, 1)
-    values = _divided(panel.values[new], None if factor is None else factor[new])
+    values = divided(panel.values[new], None if factor is None else factor[new])
     own = _standard_stats(values, _fit_rows(panel, np.full(len(panel.keys), len(panel.dates)))[new])
     mean[new], scale[new] = own[0], own[2]
     return Scaling(mean, scale, known, factor)
@@ -336,5 +336,5 @@ def fit_and_scale(
     weeks before fit_end[s], and the panel scaled by them."""
     drivers = fit_driver_scaling(panel, fit_end=fit_end, effect=driver_effect)
     encoded, codes, factor = _model_drivers(panel, drivers)
-    tsp = fit_group_scaler(dataclasses.replace(panel, values=_divided(panel.values, factor)), fit_end=fit_end)
+    tsp = fit_group_scaler(dataclasses.replace(panel, values=divided(panel.values, factor)), fit_end=fit_end)
     return (tsp, drivers), _scaled(panel, tsp, encoded, codes, factor)
