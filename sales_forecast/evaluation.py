@@ -61,15 +61,18 @@ def evaluate_methods(
     return pd.concat(rows, ignore_index=True), overall
 
 
-def mean_over_origins(per_origin: list[dict]) -> tuple[dict, dict]:
-    """Mean and standard deviation over origins of each target x method x metric (pooled per origin)."""
+def mean_over_origins(per_origin: list[dict], weights: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Mean and standard deviation over origins of each target x method x metric (pooled per origin), each origin
+    weighted by weights (None: equally)."""
     mean, spread = {}, {}
     for target, by_method in per_origin[0].items():
         for method, figures in by_method.items():
             for name in figures:
-                values = [origin[target][method][name] for origin in per_origin]
-                mean.setdefault(target, {}).setdefault(method, {})[name] = float(np.mean(values))
-                spread.setdefault(target, {}).setdefault(method, {})[name] = float(np.std(values))
+                values = np.array([origin[target][method][name] for origin in per_origin])
+                average = np.average(values, weights=weights)
+                mean.setdefault(target, {}).setdefault(method, {})[name] = float(average)
+                deviation = np.sqrt(np.average((values - average) ** 2, weights=weights))
+                spread.setdefault(target, {}).setdefault(method, {})[name] = float(deviation)
     return mean, spread
 
 

@@ -78,13 +78,15 @@ def _choice_section(metrics: dict) -> str:
     frame = pd.DataFrame(rows).T.rename_axis("meta")
     parts = [
         "<h2>Escolha por meta</h2><p>Por meta, vence o método de menor WAPE médio nas origens do backtest "
-        "(semanas que os modelos não viram); em empate, o zero-shot.</p>",
+        "(semanas que os modelos não viram), cada origem pesando pelas janelas com que treinou (o modelo final treina "
+        "em todas as semanas: as origens que treinaram em mais semanas são as mais parecidas com ele; a que não "
+        "treinou não pesa); em empate, o zero-shot.</p>",
         _table(frame),
     ]
     for target in metrics["metrics"]:
         by_origin = {
-            o["origin"]: {m: v["wape"] for m, v in o["metrics"][target].items()}
-            for o in metrics["backtest"]["origins"]
+            f"{o['origin']} (peso {weight:.2f})": {m: v["wape"] for m, v in o["metrics"][target].items()}
+            for o, weight in zip(metrics["backtest"]["origins"], metrics["backtest"]["origin_weights"])
         }
         frame = pd.DataFrame(by_origin)
         frame["média"] = [metrics["metrics"][target][m]["wape"] for m in frame.index]

@@ -1,4 +1,5 @@
-"""Selection: every method scored at every origin, the lowest mean backtest WAPE per target, refit epochs."""
+"""Selection: every method scored at every origin, the lowest mean backtest WAPE per target (origins weighted by their
+training windows), refit epochs."""
 
 import dataclasses
 
@@ -75,6 +76,22 @@ def test_every_method_is_scored_and_blends_are_made_of_single_methods():
     assert set(figures["metrics"]["vendas"]) == set(figures["metrics"]["faturamento"]) == set(config.METHODS)
     singles = {m for m in config.METHODS if len(method_parts(m)) == 1}
     assert all(set(method_parts(m)) <= singles for m in config.METHODS)
+
+
+def test_the_mean_over_origins_weighs_each_by_its_training_windows():
+    # zero_shot errs 1 then 3, fine_tuned 4 then 1: equal weights pick zero_shot (2.0 vs 2.5), the windows 100 and
+    # 300 fine_tuned (2.5 vs 1.75); an origin without training weighs nothing, however fine_tuned erred there
+    early = {"zero_shot": 1.0, "fine_tuned": 4.0, "seasonal_naive": 30.0, "naive": 40.0}
+    late = {"zero_shot": 3.0, "fine_tuned": 1.0, "seasonal_naive": 30.0, "naive": 40.0}
+    small, large = TRAINED | {"train_windows": 100}, TRAINED | {"train_windows": 300}
+    untrained = _origin({"zero_shot": 1.0, "fine_tuned": 50.0, "seasonal_naive": 30.0, "naive": 40.0})
+    _, figures, selection = _score([untrained, _origin(early, small), _origin(late, large)])
+    assert selection == {"vendas": "fine_tuned", "faturamento": "fine_tuned"}
+    assert figures["backtest"]["origin_weights"] == pytest.approx([0.0, 0.25, 0.75])
+    assert figures["metrics"]["vendas"]["fine_tuned"]["wape"] == pytest.approx(0.0175)
+    assert figures["metrics"]["vendas"]["zero_shot"]["wape"] == pytest.approx(0.025)
+    without_training = [_origin(early), _origin(late)]  # none trained: each the same
+    assert _score(without_training)[2] == {"vendas": "zero_shot", "faturamento": "zero_shot"}
 
 
 def test_refit_epochs_is_the_window_weighted_median_of_trained_origins():
