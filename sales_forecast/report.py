@@ -85,7 +85,7 @@ def _choice_section(metrics: dict) -> str:
     ]
     for target in metrics["metrics"]:
         by_origin = {
-            f"{o['origin']} (peso {weight:.2f})": {m: v["wape"] for m, v in o["metrics"][target].items()}
+            f"{o['origin']} (peso {100 * weight:.0f}%)": {m: v["wape"] for m, v in o["metrics"][target].items()}
             for o, weight in zip(metrics["backtest"]["origins"], metrics["backtest"]["origin_weights"])
         }
         frame = pd.DataFrame(by_origin)
