@@ -89,7 +89,8 @@ def metric_table(overall: dict) -> str:
 
 def write_metrics(metrics: dict, per_series: pd.DataFrame, results: Path) -> None:
     """metricas.json and metricas_por_serie.csv under results; each origin's pooled figures (step = origin number)
-    and their mean in TensorBoard, under results/logs/backtest."""
+    and their mean (the selection's, origins weighted by their training windows) in TensorBoard, under
+    results/logs/backtest."""
     from torch.utils.tensorboard import SummaryWriter
 
     per_series.to_csv(results / "metricas_por_serie.csv", index=False)
