@@ -53,7 +53,7 @@ def origin_weights(origins: Sequence[OriginResult]) -> np.ndarray:
     windows of the last one ranked gbm+fine_tuned+zero_shot ~0.003 ahead of gbm+fine_tuned (its gbm, with 26 weeks
     per series past its 52 lags, erred 1.03 x the zero-shot; at the last origin 0.98 x); the last origin and the
     real weeks ranked them the other way (0.3419-0.3429 against 0.3465-0.3472), and the plain mean picked the
-    three-way blend in 2 of the 4 runs. With drivers (5 runs) both means pick the same."""
+    three-way blend in 2 of the 4 runs. With drivers (4 runs) both means pick the same."""
     windows = np.array([o.training["train_windows"] if trained(o) else 0 for o in origins], dtype=float)
     return windows if windows.sum() else np.ones(len(origins))
 
@@ -175,7 +175,8 @@ def score_backtest(
         rows.append(per_series.assign(origin=origin.start))
         per_origin.append(overall)
     counts = origin_weights(origins)
-    mean, spread = mean_over_origins(per_origin, counts)
+    shares = counts / counts.sum()
+    mean, spread = mean_over_origins(per_origin, shares)
     chosen = select_methods(mean, methods)
     for c, (target, figures) in enumerate(chosen.items()):
         figures["method"] = figures["method"] if forced == "auto" else forced
@@ -199,7 +200,7 @@ def score_backtest(
         "Mean over %d backtest origins, weighted %s by their training windows (original units, forecasts clipped "
         "at 0):\n%s",
         len(origins),
-        "/".join(f"{w:.2f}" for w in counts / counts.sum()),
+        "/".join(f"{w:.2f}" for w in shares),
         metric_table(mean),
     )
     figures = {
@@ -208,7 +209,7 @@ def score_backtest(
                 {"origin": o.start, "n_series": len(o.keys), "metrics": m, "training": o.training}
                 for o, m in zip(origins, per_origin)
             ],
-            "origin_weights": (counts / counts.sum()).tolist(),
+            "origin_weights": shares.tolist(),
             "spread": spread,
             "blend_weights": {m: {t: [w[m][c] for w in weights] for c, t in enumerate(targets)} for m in weights[-1]},
         },
@@ -273,25 +274,32 @@ def _calibration(
     )
 
 
-def _held_out_crps(origins: Sequence[OriginResult], selection: dict[str, str], level: float) -> dict[str, float]:
-    """{scale kind: mean scaled CRPS over the targets} of the selected forecast's intervals on the last origin,
-    calibrated on the origins before it, for each kind every origin has (empty with one origin, one kind or too few
-    windows: nothing to choose)."""
+def _calibration_set(
+    origins: Sequence[OriginResult], first_week: str | pd.Timestamp, selection: dict[str, str]
+) -> tuple[list[OriginResult], list[np.ndarray]]:
+    """The origins series_calibration picks for forecasts from first_week on, and the selected forecast of each."""
+    part = [origins[i] for i in series_calibration(origins, first_week)]
+    return part, [selected_forecast(o.forecasts, selection) for o in part]
+
+
+def _held_out_crps(
+    origins: Sequence[OriginResult],
+    held: tuple[list[OriginResult], list[np.ndarray]],
+    point: np.ndarray,
+    *,
+    targets: tuple,
+    level: float,
+) -> dict[str, float]:
+    """{scale kind: mean scaled CRPS over the targets} of the intervals around the last origin's selected forecast
+    (point), calibrated on `held` (_calibration_set of the origins before it), for each kind every origin has (empty
+    with one kind or too few windows: nothing to choose)."""
     kinds = [k for k in SCALES if all(k in o.scales for o in origins)]
-    if len(origins) < 2 or len(kinds) < 2:
+    if len(kinds) < 2:
         return {}
-    last, earlier = origins[-1], origins[:-1]
-    calibration = [earlier[i] for i in series_calibration(earlier, last.start)]
-    forecasts = [selected_forecast(o.forecasts, selection) for o in calibration]
-    point, crps = selected_forecast(last.forecasts, selection), {}
+    last, crps = origins[-1], {}
     for kind in kinds:
         scores = interval_scores(
-            _calibration(calibration, forecasts, kind),
-            point,
-            last.scales[kind],
-            last.y,
-            level=level,
-            targets=tuple(selection),
+            _calibration(*held, kind), point, last.scales[kind], last.y, level=level, targets=targets
         )
         if scores is not None:
             crps[kind] = float(np.mean([s["scaled_crps"] for s in scores.values()]))
@@ -308,27 +316,23 @@ def backtest_intervals(
 
     Returns the intervals for the future, the figures, the last origin's held-out bounds (or None) and the kind.
     """
-    crps = _held_out_crps(origins, selection, level)
+    last, point = origins[-1], selected_forecast(origins[-1].forecasts, selection)
+    held = _calibration_set(origins[:-1], last.start, selection) if len(origins) > 1 else None
+    crps = _held_out_crps(origins, held, point, targets=tuple(selection), level=level) if held is not None else {}
     kind = min(crps, key=crps.get) if crps else SCALES[0]
     if len(crps) > 1:
         logger.info(
             "Interval scale: %s (held-out scaled CRPS %s)", kind, ", ".join(f"{k} {v:.4f}" for k, v in crps.items())
         )
-
-    def calibrate(part: Sequence[OriginResult], first_week) -> tuple[PostHocProbabilisticProcessor | None, list]:
-        part = [part[i] for i in series_calibration(part, first_week)]
-        forecasts = [selected_forecast(o.forecasts, selection) for o in part]
-        return fit_intervals(*_calibration(part, forecasts, kind), level), [o.start for o in part]
-
-    held_out = calibrate(origins[:-1], origins[-1].start)[0] if len(origins) > 1 else None
-    future, starts = calibrate(origins, next_week(origins))
+    held_out = fit_intervals(*_calibration(*held, kind), level) if held is not None else None
+    part, forecasts = _calibration_set(origins, next_week(origins), selection)
+    future, starts = fit_intervals(*_calibration(part, forecasts, kind), level), [o.start for o in part]
     logger.info("Intervals calibrated on the errors of the backtest origins %s", ", ".join(starts))
     figures, bounds = {"interval_level": level, "interval_calibration_origins": starts, "interval_scale": kind}, None
     if len(crps) > 1:
         figures["interval_scale_crps"] = crps
     if held_out is not None:
-        last = origins[-1]
-        bounds = interval_bounds(held_out, selected_forecast(last.forecasts, selection), last.scales[kind])
+        bounds = interval_bounds(held_out, point, last.scales[kind])
         inside = ((last.y >= bounds[0]) & (last.y <= bounds[1])).mean(axis=(0, 1))
         figures["interval_coverage"] = dict(zip(selection, map(float, inside)))
         figures["interval_coverage_origin"] = last.start
