@@ -69,12 +69,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     metrics = json.loads((args.run / "results" / "metricas.json").read_text(encoding="utf-8"))
     targets, backtest = list(metrics["metrics"]), metrics["backtest"]
+    scored: dict[str, dict[str, float]] = {}  # forced method -> {target: real-week WAPE}, each scored once
     real: dict[str, dict[str, float]] = {}
     for method in metrics["metrics"][targets[0]]:
         fitted = backtest["blend_weights"].get(method)
         for target in targets:
             name = fitted[target][-1] if fitted else method  # a fitted blend: the weights of every origin
-            real.setdefault(method, {})[target] = real_wape(args.data, args.run, name, targets, args.settings)[target]
+            if name not in scored:
+                scored[name] = real_wape(args.data, args.run, name, targets, args.settings)
+            real.setdefault(method, {})[target] = scored[name][target]
     for target in targets:
         chosen = metrics["selection"][target]
         chosen = chosen.get("candidate", chosen["method"])
